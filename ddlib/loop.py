@@ -1,0 +1,173 @@
+"""The one distillation loop every iterative method runs.
+
+A method supplies `init(...) -> State` and `step(state, real) -> float`; `run` owns the iteration counter,
+periodic checkpoints with resume after a kill, the NaN/inf guard, the wall-clock budget, the progress bar
+and the timing/peak-memory accounting. Image updates go through `update`, which refuses a non-finite loss
+or gradient *before* touching the images, so the state (and the last checkpoint on disk) stay good.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.std import tqdm
+
+from . import runtime
+from .synset import SyntheticSet
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or gradient became NaN/inf; the run stops and the last good checkpoint is kept."""
+
+
+@dataclass
+class State:
+    """Everything an iterative method carries between iterations (one `state_dict` = one checkpoint)."""
+
+    x_syn: torch.Tensor                # (N, C, H, W) leaf tensor with requires_grad
+    y_syn: torch.Tensor                # (N,) hard labels or (N, K) soft labels
+    opt: torch.optim.Optimizer         # optimizer over x_syn (and any learned extras)
+    gen: torch.Generator               # every random draw of the method comes from here
+    iteration: int = 0
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)   # e.g. a learned lr
+
+    def state_dict(self) -> dict:
+        return {"x_syn": self.x_syn.detach().cpu(), "y_syn": self.y_syn.detach().cpu(),
+                "opt": self.opt.state_dict(), "gen": self.gen.get_state(), "iteration": self.iteration,
+                "extra": {k: v.detach().cpu() for k, v in self.extra.items()}}
+
+    def load_state_dict(self, d: dict) -> None:
+        with torch.no_grad():
+            self.x_syn.copy_(d["x_syn"])
+            self.y_syn.copy_(d["y_syn"])
+            for k, v in d["extra"].items():
+                self.extra[k].copy_(v)
+        self.opt.load_state_dict(d["opt"])
+        self.gen.set_state(d["gen"])
+        self.iteration = d["iteration"]
+
+
+def update(state: State, loss: torch.Tensor) -> float:
+    """One guarded optimizer step on the synthetic data; returns the loss value."""
+    value = loss.item()
+    if not math.isfinite(value):
+        raise NonFiniteError(f"non-finite distillation loss ({value}) at iteration {state.iteration}; "
+                             "try a smaller lr_img — the images were not updated")
+    state.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for group in state.opt.param_groups:
+        for p in group["params"]:
+            if p.grad is not None and not torch.isfinite(p.grad).all():
+                raise NonFiniteError(f"non-finite gradient at iteration {state.iteration}; images not updated")
+    state.opt.step()
+    return value
+
+
+def fingerprint(**config) -> str:
+    """Stable hash of what defines a run, so a checkpoint is only resumed by the same run."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class RunInfo:
+    iterations: int
+    wall_time_s: float
+    peak_mem_mb: float
+    history: list[tuple[int, float]]
+    stopped_by: str            # "iterations" or "time_budget"
+    resumed_from: int | None
+
+
+def _save(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)   # atomic: a kill during the write keeps the previous checkpoint
+
+
+def run(state: State, step: Callable[[State], float], *, iterations: int, device: torch.device,
+        checkpoint: str | Path | None = None, run_id: str = "", checkpoint_every: int = 50,
+        checkpoint_every_s: float = 60.0, time_budget_s: float | None = None, desc: str = "distill",
+        hooks: tuple[Callable[[State, float], None], ...] = ()) -> RunInfo:
+    """Run `step` until `iterations` (or the wall-clock budget) is reached, resuming from `checkpoint`."""
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    ckpt = Path(checkpoint) if checkpoint else None
+    history, timer, resumed_from = [], runtime.Timer(), None
+    if ckpt and ckpt.exists():
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if saved.get("run_id") == run_id:
+            state.load_state_dict(saved["state"])
+            history, timer, resumed_from = saved["history"], runtime.Timer(saved["elapsed"]), state.iteration
+            print(f"[{desc}] resumed from {ckpt} at iteration {state.iteration}", file=sys.stderr)
+        else:
+            print(f"[{desc}] ignoring checkpoint {ckpt} from a different configuration", file=sys.stderr)
+    if ckpt:
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+
+    def save():
+        if ckpt:
+            _save(ckpt, {"run_id": run_id, "state": state.state_dict(), "history": history, "elapsed": timer.now()})
+
+    runtime.reset_peak_memory(device)
+    stopped_by, last_save = "iterations", timer.now()
+    mininterval = float(os.environ.get("TQDM_MININTERVAL", 10))
+    bar = tqdm(total=iterations, initial=state.iteration, desc=desc, file=sys.stderr, mininterval=mininterval,
+               dynamic_ncols=False, ascii=True)
+    while state.iteration < iterations:
+        if time_budget_s is not None and timer.now() >= time_budget_s:
+            stopped_by = "time_budget"
+            break
+        with timer:
+            loss = step(state)
+        state.iteration += 1
+        history.append((state.iteration, float(loss)))
+        for hook in hooks:
+            hook(state, loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+        if state.iteration % checkpoint_every == 0 or timer.now() - last_save >= checkpoint_every_s:
+            save()
+            last_save = timer.now()
+    bar.close()
+    save()
+    return RunInfo(state.iteration, timer.now(), runtime.peak_memory_mb(device), history, stopped_by, resumed_from)
+
+
+def finish(x: torch.Tensor, y: torch.Tensor, *, method: str, real, ipc: int, params: dict, device: torch.device,
+           seed: int, wall_time_s: float, peak_mem_mb: float, iterations: int = 0, lr: float | None = None,
+           extra: dict | None = None) -> SyntheticSet:
+    """Package the result of any method (selection or optimisation) as a SyntheticSet with provenance."""
+    prov = {**runtime.provenance(device), "seed": seed, "wall_time_s": wall_time_s, "peak_mem_mb": peak_mem_mb,
+            "iterations": iterations, **(extra or {})}
+    return SyntheticSet(images=x.detach().cpu().float(), labels=y.detach().cpu(), method=method,
+                        dataset=real.spec.name, ipc=ipc, lr=lr, params=params, provenance=prov)
+
+
+def init_state(real, ipc: int, *, init: str, lr_img: float, momentum: float, gen: torch.Generator,
+               device: torch.device) -> State:
+    """Synthetic images initialised from random real images ("real") or N(0, 1) noise ("noise"),
+    optimised by SGD with momentum, the optimiser of DC/DSA/DM/MTT."""
+    if init not in ("real", "noise"):
+        raise ValueError(f"unknown init {init!r}; expected 'real' or 'noise'")
+    num_classes = real.spec.num_classes
+    if init == "real":
+        x = torch.cat([real.sample_class(c, ipc, gen) for c in range(num_classes)])
+    else:
+        x = torch.randn((num_classes * ipc, real.spec.channels, *real.spec.im_size), generator=gen)
+    x_syn = x.to(device).requires_grad_(True)
+    y_syn = torch.arange(num_classes, device=device).repeat_interleave(ipc)
+    opt = torch.optim.SGD([x_syn], lr=lr_img, momentum=momentum)
+    return State(x_syn=x_syn, y_syn=y_syn, opt=opt, gen=gen)
+
+
+def new_seed(gen: torch.Generator) -> int:
+    """A fresh integer seed drawn from the method's generator (for network initialisations)."""
+    return int(torch.randint(2**62, (1,), generator=gen))

@@ -1,0 +1,61 @@
+"""Method registry: id (lowercase paper acronym) -> module with `Config` and `distill`.
+
+Every method module exposes `ID`, a frozen `Config` dataclass whose defaults are the paper's values, and
+`distill(real, cfg, *, ipc, device, seed, checkpoint=None) -> SyntheticSet`. Three shapes occur: selection
+(random, herding, kcenter), single-level matching (dm) and bilevel matching with an inner loop (dc, dsa).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from .. import runtime
+from ..data import LabeledImages
+from ..synset import SyntheticSet
+from . import dc, dm, dsa, herding, kcenter, random
+
+REGISTRY: dict[str, ModuleType] = {m.ID: m for m in (random, herding, kcenter, dm, dc, dsa)}
+
+
+def available() -> list[str]:
+    return list(REGISTRY)
+
+
+def get(name: str) -> ModuleType:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown method {name!r}; available: {available()}")
+    return REGISTRY[name]
+
+
+def make_config(name: str, params: dict | None = None):
+    """Build a method's Config from a params mapping; unknown keys are an error, not silently ignored."""
+    cls = get(name).Config
+    params = dict(params or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for method {name!r}; known: {sorted(known)}")
+    return cls(**params)
+
+
+def check_ipc(ipc: int, real: LabeledImages) -> None:
+    if not isinstance(ipc, int) or isinstance(ipc, bool) or ipc < 1:
+        raise ValueError(f"ipc (images per class) must be an integer >= 1, got {ipc!r}")
+    smallest = min(len(i) for i in real.class_indices())
+    if ipc > smallest:
+        raise ValueError(f"ipc={ipc} exceeds the smallest class of {real.spec.name} ({smallest} images)")
+
+
+def distill(name: str, real: LabeledImages, *, ipc: int, params: dict | None = None, device="auto",
+            seed: int = 0, checkpoint: str | Path | None = None) -> SyntheticSet:
+    """Validate everything up front, then run the method."""
+    module = get(name)
+    cfg = make_config(name, params)
+    check_ipc(ipc, real)
+    device = runtime.resolve_device(device)
+    torch.manual_seed(seed)  # belt and braces: ddlib itself draws only from explicit generators
+    return module.distill(real, cfg, ipc=ipc, device=device, seed=seed, checkpoint=checkpoint)

@@ -1,0 +1,132 @@
+r"""DC — Dataset Condensation with Gradient Matching (Zhao, Mopuri & Bilen, ICLR 2021).
+
+Bilevel: the synthetic set S should produce, on a network theta, the same training gradient as real data
+of the same class. Per outer iteration a fresh ConvNet is sampled; then `outer_loop` times
+
+    S <- S - lr_img * grad_S  sum_c D( grad_theta l(theta; S_c), grad_theta l(theta; T_c) )
+
+followed by `inner_loop` epochs of training theta on S (SGD lr 0.01, no momentum). D is the layer-wise
+distance: each weight gradient is reshaped to (out_channels, -1) and D sums 1 - cos over output channels;
+bias and norm parameters (1-D) contribute nothing. The synthetic gradient is taken with create_graph=True,
+so the image update differentiates through a gradient (second order). methods.md §2.1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .. import augment, loop, nets
+from ..data import LabeledImages
+from ..synset import SyntheticSet
+from ..train import fit
+
+ID = "dc"
+
+# (outer_loop, inner_loop) per IPC, DC's get_loops.
+PAPER_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
+
+
+@dataclass(frozen=True)
+class Config:
+    iterations: int = 1000          # outer iterations, each with a fresh network
+    lr_img: float = 0.1             # SGD on pixels, momentum 0.5
+    momentum: float = 0.5
+    lr_net: float = 0.01            # inner-loop SGD on the network (no momentum)
+    batch_real: int = 256           # real images per class per matching step
+    batch_train: int = 256          # inner-loop batch
+    init: str = "noise"             # DC default; DSA uses "real"
+    model: str = "convnet"
+    distance: str = "ours"          # "ours" (layer-wise), "mse" or "cos"
+    dsa: bool = False               # Siamese DSA in matching + DSA in the inner loop (= the DSA method)
+    loops: dict = field(default_factory=lambda: dict(PAPER_LOOPS))   # ipc -> (outer_loop, inner_loop)
+    time_budget_s: float | None = None
+    checkpoint_every: int = 10
+
+    def __post_init__(self):
+        if self.distance not in ("ours", "mse", "cos"):
+            raise ValueError(f"unknown distance {self.distance!r}; expected 'ours', 'mse' or 'cos'")
+        if self.iterations < 0 or self.batch_real < 1 or self.lr_img <= 0:
+            raise ValueError(f"invalid {type(self).__module__} config: {self}")
+        object.__setattr__(self, "loops", {int(k): tuple(v) for k, v in self.loops.items()})
+
+    def loops_for(self, ipc: int) -> tuple[int, int]:
+        if ipc not in self.loops:
+            raise ValueError(f"no (outer_loop, inner_loop) for ipc={ipc}; set loops[{ipc}] (known: {sorted(self.loops)})")
+        return self.loops[ipc]
+
+
+def layer_distance(g_real: torch.Tensor, g_syn: torch.Tensor) -> torch.Tensor:
+    """DC's distance_wb: sum over output channels of 1 - cos(g_real[o], g_syn[o]); 0 for 1-D tensors."""
+    if g_real.dim() == 1:  # biases and norm affine parameters are ignored by the layer-wise distance
+        return g_real.new_zeros(())
+    g_real, g_syn = g_real.flatten(1), g_syn.flatten(1)   # (out, in*kh*kw)
+    cos = (g_real * g_syn).sum(1) / (g_real.norm(dim=1) * g_syn.norm(dim=1) + 1e-6)
+    return (1 - cos).sum()
+
+
+def gradient_distance(g_real: list[torch.Tensor], g_syn: list[torch.Tensor], kind: str = "ours") -> torch.Tensor:
+    """Distance between two lists of per-parameter gradients (DC's match_loss)."""
+    if kind == "ours":
+        return sum(layer_distance(r, s) for r, s in zip(g_real, g_syn))
+    flat_r = torch.cat([g.flatten() for g in g_real])
+    flat_s = torch.cat([g.flatten() for g in g_syn])
+    if kind == "mse":
+        return ((flat_r - flat_s) ** 2).sum()
+    return 1 - (flat_r * flat_s).sum() / (flat_r.norm() * flat_s.norm() + 1e-6)
+
+
+def matching_loss(net, params, state: loop.State, real: LabeledImages, cfg: Config) -> torch.Tensor:
+    """sum_c D(grad on real class batch, grad on synthetic class images), graph kept for the synthetic side."""
+    spec, device = real.spec, state.x_syn.device
+    ipc = len(state.x_syn) // spec.num_classes
+    loss = 0.0
+    for c in range(spec.num_classes):
+        x_real = real.sample_class(c, cfg.batch_real, state.gen).to(device)
+        x_syn = state.x_syn[c * ipc:(c + 1) * ipc]
+        if cfg.dsa:
+            p = augment.sample_dsa(spec.dsa_strategy, state.gen)   # Siamese: one draw for both batches
+            x_real, x_syn = augment.apply_dsa(x_real, p), augment.apply_dsa(x_syn, p)
+        y_real = torch.full((len(x_real),), c, device=device)
+        g_real = [g.detach() for g in torch.autograd.grad(F.cross_entropy(net(x_real), y_real), params)]
+        g_syn = torch.autograd.grad(F.cross_entropy(net(x_syn), state.y_syn[c * ipc:(c + 1) * ipc]), params,
+                                    create_graph=True)
+        loss = loss + gradient_distance(g_real, g_syn, cfg.distance)
+    return loss
+
+
+def step(state: loop.State, real: LabeledImages, cfg: Config) -> float:
+    """One outer iteration: fresh net, then alternate image updates and inner-loop training on S."""
+    spec = real.spec
+    outer_loop, inner_loop = cfg.loops_for(len(state.x_syn) // spec.num_classes)
+    net = nets.make_net(cfg.model, spec.channels, spec.num_classes, spec.im_size,
+                        seed=loop.new_seed(state.gen)).to(state.x_syn.device)
+    params = list(net.parameters())
+    aug = (lambda xb, gen: augment.dsa(xb, spec.dsa_strategy, gen)) if cfg.dsa else None
+    total = 0.0
+    for outer in range(outer_loop):
+        total += loop.update(state, matching_loss(net, params, state, real, cfg))
+        if outer == outer_loop - 1:
+            break  # the last image update needs no network update after it
+        fit(net, state.x_syn.detach(), state.y_syn, epochs=inner_loop, lr=cfg.lr_net, batch_size=cfg.batch_train,
+            momentum=0.0, weight_decay=0.0, aug=aug, gen=state.gen)
+    return total / outer_loop
+
+
+def distill(real: LabeledImages, cfg: Config, *, ipc: int, device, seed: int,
+            checkpoint: str | Path | None = None, method: str = ID) -> SyntheticSet:
+    cfg.loops_for(ipc)  # fail before any work
+    gen = torch.Generator().manual_seed(seed)
+    state = loop.init_state(real, ipc, init=cfg.init, lr_img=cfg.lr_img, momentum=cfg.momentum, gen=gen,
+                            device=device)
+    info = loop.run(state, lambda s: step(s, real, cfg), iterations=cfg.iterations, device=device,
+                    checkpoint=checkpoint, run_id=loop.fingerprint(method=method, ipc=ipc, seed=seed, **asdict(cfg)),
+                    checkpoint_every=cfg.checkpoint_every, time_budget_s=cfg.time_budget_s, desc=f"{method} ipc{ipc}")
+    return loop.finish(state.x_syn, state.y_syn, method=method, real=real, ipc=ipc, params=asdict(cfg),
+                       device=device, seed=seed, wall_time_s=info.wall_time_s, peak_mem_mb=info.peak_mem_mb,
+                       iterations=info.iterations,
+                       extra={"stopped_by": info.stopped_by, "resumed_from": info.resumed_from,
+                              "loss_history": info.history})

@@ -1,0 +1,188 @@
+"""Published accuracies to compare against: Table 1 of Lei & Tao, "A Comprehensive Survey of Dataset
+Distillation" (TPAMI 2024, arXiv 2301.05603).
+
+Test accuracy (%) of the DC ConvNet (depth 3, width 128, instance norm) trained on each distilled set,
+mean ± std, keyed by (method id, dataset id, images per class). Transcribed from
+shared/reference/survey-tables.md; the whole-training-set row is stored as method "whole" with ipc None.
+The survey is the primary source. Where the methods' own papers, repos or later reprints print another
+number for the same cell (shared/reference/methods.md §3), the survey value stays and the other goes into
+`note`. K-Center is not in the survey; its values come from the DC paper as recalled in methods.md (mark
+[R], unverified). A missing cell means "not reported": `published` returns None, never a guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Published:
+    mean: float
+    std: float | None
+    source: str
+    note: str = ""
+
+
+METHODS = ("random", "herding", "kcenter", "dd", "ld", "dc", "dsa", "dcc", "mtt", "ftd", "tesla", "dm",
+           "cafe", "kip", "frepo", "rfad", "idc", "rtp", "haba", "kfs")
+DATASETS = ("mnist", "fashion_mnist", "svhn", "cifar10", "cifar100", "tinyimagenet")
+IPCS = (1, 10, 50)
+
+SURVEY = "Lei & Tao survey (TPAMI 2024), Table 1"
+KCENTER = "DC paper via methods.md [R]"
+
+# Survey Table 1, one row per method, cells in DATASETS x IPCS order (MNIST 1/10/50, FashionMNIST 1/10/50,
+# SVHN, CIFAR-10, CIFAR-100, TinyImageNet); kept as the table's own text so a reader can diff it by eye.
+_TABLE1 = {
+    "random": "64.9 ± 3.5 | 95.1 ± 0.9 | 97.9 ± 0.2 | 51.4 ± 3.8 | 73.8 ± 0.7 | 82.5 ± 0.7 | 14.6 ± 1.6 | "
+              "35.1 ± 4.1 | 70.9 ± 0.9 | 14.4 ± 2.0 | 26.0 ± 1.2 | 43.4 ± 1.0 | 4.2 ± 0.3 | 14.6 ± 0.5 | "
+              "30.0 ± 0.4 | 1.4 ± 0.1 | 5.0 ± 0.2 | 15.0 ± 0.4",
+    "herding": "89.2 ± 1.6 | 93.7 ± 0.3 | 94.8 ± 0.2 | 67.0 ± 1.9 | 71.1 ± 0.7 | 71.9 ± 0.8 | 20.9 ± 1.3 | "
+               "50.5 ± 3.3 | 72.6 ± 0.8 | 21.5 ± 1.2 | 31.6 ± 0.7 | 40.4 ± 0.6 | 8.4 ± 0.3 | 17.3 ± 0.3 | "
+               "33.7 ± 0.5 | 2.8 ± 0.2 | 6.3 ± 0.2 | 16.7 ± 0.3",
+    "dd": "- | 79.5 ± 8.1 | - | - | - | - | - | - | - | - | 36.8 ± 1.2 | - | - | - | - | - | - | -",
+    "ld": "60.9 ± 3.2 | 87.3 ± 0.7 | 93.3 ± 0.3 | - | - | - | - | - | - | 25.7 ± 0.7 | 38.3 ± 0.4 | "
+          "42.5 ± 0.4 | 11.5 ± 0.4 | - | - | - | - | -",
+    "dc": "91.7 ± 0.5 | 94.7 ± 0.2 | 98.8 ± 0.2 | 70.5 ± 0.6 | 82.3 ± 0.4 | 83.6 ± 0.4 | 31.2 ± 1.4 | "
+          "76.1 ± 0.6 | 82.3 ± 0.3 | 28.3 ± 0.5 | 44.9 ± 0.5 | 53.9 ± 0.5 | 13.9 ± 0.4 | 32.3 ± 0.3 | "
+          "42.8 ± 0.4 | - | - | -",
+    "dsa": "88.7 ± 0.6 | 97.8 ± 0.1 | 99.2 ± 0.1 | 70.6 ± 0.6 | 86.6 ± 0.3 | 88.7 ± 0.2 | 27.5 ± 1.4 | "
+           "79.2 ± 0.5 | 84.4 ± 0.4 | 28.8 ± 0.7 | 52.1 ± 0.5 | 60.6 ± 0.5 | 13.9 ± 0.4 | 32.3 ± 0.3 | "
+           "42.8 ± 0.4 | - | - | -",
+    "dcc": "- | - | - | - | - | - | 47.5 ± 2.6 | 80.5 ± 0.6 | 87.2 ± 0.3 | 34.0 ± 0.7 | 54.5 ± 0.5 | "
+           "64.2 ± 0.4 | 14.6 ± 0.3 | 33.5 ± 0.3 | 39.3 ± 0.4 | - | - | -",
+    "mtt": "91.4 ± 0.9 | 97.3 ± 0.1 | 98.5 ± 0.1 | 75.1 ± 0.9 | 87.2 ± 0.3 | 88.3 ± 0.1 | - | - | - | "
+           "46.3 ± 0.8 | 65.3 ± 0.7 | 71.6 ± 0.2 | 24.3 ± 0.3 | 40.1 ± 0.4 | 47.7 ± 0.2 | 8.8 ± 0.3 | "
+           "23.2 ± 0.2 | 28.0 ± 0.3",
+    "ftd": "- | - | - | - | - | - | - | - | - | 46.8 ± 0.3 | 66.6 ± 0.3 | 73.8 ± 0.2 | 25.2 ± 0.2 | "
+           "43.4 ± 0.3 | 50.7 ± 0.3 | 10.4 ± 0.3 | 24.5 ± 0.2 | -",
+    "tesla": "- | - | - | - | - | - | - | - | - | 48.5 ± 0.8 | 66.4 ± 0.8 | 72.6 ± 0.7 | 24.8 ± 0.4 | "
+             "41.7 ± 0.3 | 47.9 ± 0.3 | 7.7 ± 0.2 | 18.8 ± 1.3 | 27.9 ± 1.2",
+    "dm": "89.2 ± 1.6 | 97.3 ± 0.3 | 94.8 ± 0.2 | - | - | - | - | - | - | 26.0 ± 0.8 | 48.9 ± 0.6 | "
+          "63.0 ± 0.4 | 11.4 ± 0.3 | 29.7 ± 0.3 | 43.6 ± 0.4 | 3.9 ± 0.2 | 12.9 ± 0.4 | 24.1 ± 0.3",
+    "cafe": "90.8 ± 0.5 | 97.5 ± 0.1 | 98.9 ± 0.2 | 73.7 ± 0.7 | 83.0 ± 0.3 | 88.2 ± 0.3 | 42.9 ± 3.0 | "
+            "77.9 ± 0.6 | 82.3 ± 0.4 | 31.6 ± 0.8 | 50.9 ± 0.5 | 62.3 ± 0.4 | 14.0 ± 0.3 | 31.5 ± 0.2 | "
+            "42.9 ± 0.2 | - | - | -",
+    "kip": "90.1 ± 0.1 | 97.5 ± 0.0 | 98.3 ± 0.1 | 73.5 ± 0.5 | 86.8 ± 0.1 | 88.0 ± 0.1 | 57.3 ± 0.1 | "
+           "75.0 ± 0.1 | 85.0 ± 0.1 | 49.9 ± 0.2 | 62.7 ± 0.3 | 68.6 ± 0.2 | 15.7 ± 0.2 | 28.3 ± 0.1 | "
+           "- | - | - | -",
+    "frepo": "93.0 ± 0.4 | 98.6 ± 0.1 | 99.2 ± 0.0 | 75.6 ± 0.3 | 86.2 ± 0.2 | 89.6 ± 0.1 | - | - | - | "
+             "46.8 ± 0.7 | 65.5 ± 0.4 | 71.7 ± 0.2 | 28.7 ± 0.1 | 42.5 ± 0.2 | 44.3 ± 0.2 | 15.4 ± 0.3 | "
+             "25.4 ± 0.2 | -",
+    "rfad": "94.4 ± 1.5 | 98.5 ± 0.1 | 98.8 ± 0.1 | 78.6 ± 1.3 | 87.0 ± 0.5 | 88.8 ± 0.4 | 52.2 ± 2.2 | "
+            "74.9 ± 0.4 | 80.9 ± 0.3 | 53.6 ± 1.2 | 66.3 ± 0.5 | 71.1 ± 0.4 | 26.3 ± 1.1 | 33.0 ± 0.3 | "
+            "- | - | - | -",
+    "idc": "- | - | - | - | - | - | 68.1 ± 0.1 | 87.3 ± 0.2 | 90.2 ± 0.1 | 50.0 ± 0.4 | 67.5 ± 0.5 | "
+           "74.5 ± 0.1 | - | 44.8 ± 0.2 | - | - | - | -",
+    "rtp": "98.7 ± 0.7 | 99.3 ± 0.5 | 99.4 ± 0.4 | 88.5 ± 0.1 | 90.0 ± 0.7 | 91.2 ± 0.3 | 87.3 ± 0.1 | "
+           "89.1 ± 0.2 | 89.5 ± 0.2 | 66.4 ± 0.4 | 71.2 ± 0.4 | 73.6 ± 0.4 | 34.0 ± 0.4 | 42.9 ± 0.7 | "
+           "- | 16.0 ± 0.7 | - | -",
+    "haba": "- | - | - | - | - | - | 69.8 ± 1.3 | 83.2 ± 0.4 | 88.3 ± 0.1 | 48.3 ± 0.8 | 69.9 ± 0.4 | "
+            "74.0 ± 0.2 | 33.4 ± 0.4 | 40.2 ± 0.2 | 47.0 ± 0.2 | - | - | -",
+    "kfs": "- | - | - | - | - | - | 82.9 ± 0.4 | 91.4 ± 0.2 | 92.2 ± 0.1 | 59.8 ± 0.5 | 72.0 ± 0.3 | "
+           "75.0 ± 0.2 | 40.0 ± 0.5 | 50.6 ± 0.2 | - | 22.7 ± 0.3 | 27.8 ± 0.2 | -",
+}
+
+# The survey's whole-training-set line (same ConvNet), one cell per dataset.
+_WHOLE = "99.6 ± 0.0 | 93.5 ± 0.1 | 95.4 ± 0.1 | 84.8 ± 0.1 | 56.2 ± 0.3 | 37.6 ± 0.4"
+
+# K-Center rows of methods.md §3.2 (FashionMNIST) and §3.1 (CIFAR-10), both from the DC paper as recalled.
+_KCENTER = {
+    ("fashion_mnist", 1): "66.9 ± 1.8", ("fashion_mnist", 10): "54.7 ± 1.5", ("fashion_mnist", 50): "68.3 ± 0.8",
+    ("cifar10", 1): "21.5 ± 1.3", ("cifar10", 10): "14.7 ± 0.9", ("cifar10", 50): "27.0 ± 1.4",
+}
+
+# Where methods.md §3 prints another number for a cell, or the cell looks copied from another row.
+_CAFE_PLAIN = "the survey's CAFE row equals CAFE+DSA in methods.md §3; plain CAFE prints "
+_DC_C100 = "DC readme (methods.md §3.4 [C]) prints DC "
+_NOTES = {
+    ("dsa", "fashion_mnist", 10): "the DSA paper prints 84.6 ± 0.3 (methods.md §3.2 [C]/[P]); the survey 86.6",
+    ("cafe", "fashion_mnist", 1): _CAFE_PLAIN + "77.1 ± 0.9 (methods.md §3.2 [R])",
+    ("cafe", "fashion_mnist", 10): _CAFE_PLAIN + "83.0 ± 0.4 (methods.md §3.2 [R])",
+    ("cafe", "fashion_mnist", 50): _CAFE_PLAIN + "84.8 ± 0.4 (methods.md §3.2 [R])",
+    ("cafe", "cifar10", 1): _CAFE_PLAIN + "30.3 ± 1.1 (FTD result figure, methods.md §3.1 [C])",
+    ("cafe", "cifar10", 10): _CAFE_PLAIN + "46.3 ± 0.6 (FTD result figure, methods.md §3.1 [C])",
+    ("cafe", "cifar10", 50): _CAFE_PLAIN + "55.5 ± 0.6 (FTD result figure, methods.md §3.1 [C])",
+    ("cafe", "cifar100", 1): _CAFE_PLAIN + "12.9 (FTD result figure, methods.md §3.4 [C])",
+    ("cafe", "cifar100", 10): _CAFE_PLAIN + "27.8 (FTD result figure, methods.md §3.4 [C])",
+    ("cafe", "cifar100", 50): _CAFE_PLAIN + "37.9 (FTD result figure, methods.md §3.4 [C])",
+    ("kip", "fashion_mnist", 1): "KIP-ConvNet paper Tab. 2 (KIP -> NN) prints 73.8 (methods.md §3.2 [P])",
+    ("kip", "fashion_mnist", 50): "KIP-ConvNet paper Tab. 2 (KIP -> NN) prints 87.8 (methods.md §3.2 [P])",
+    ("kip", "mnist", 50): "KIP-ConvNet paper (KIP -> NN) prints 98.4 (methods.md §3.3 [P])",
+    ("kip", "svhn", 1): "KIP-ConvNet paper (KIP -> NN) prints 57.4 (methods.md §3.3 [P])",
+    ("kip", "svhn", 10): "KIP-ConvNet paper (KIP -> NN) prints 75.1 (methods.md §3.3 [P])",
+    ("kip", "svhn", 50): "KIP-ConvNet paper (KIP -> NN) prints 80.4 (methods.md §3.3 [P])",
+    ("kip", "cifar10", 1): "KIP paper Tab. 2 prints 50.0 (methods.md §3.1 [P])",
+    ("kip", "cifar10", 50): "KIP paper Tab. 2 prints 68.4 (methods.md §3.1 [P])",
+    ("dc", "mnist", 10): "KIP Tab. 1 reprints DC at 97.4 ± 0.2 (methods.md §3.3 [P]); the survey 94.7",
+    ("dc", "mnist", 50): "KIP Tab. 1 reprints DC at 98.8 ± 0.1 (methods.md §3.3 [P])",
+    ("dc", "cifar100", 1): _DC_C100 + "12.8 ± 0.3; the survey's DC cell equals its DSA cell",
+    ("dc", "cifar100", 10): _DC_C100 + "25.2 ± 0.3; the survey's DC cell equals its DSA cell",
+    ("dc", "cifar100", 50): "DC readme (methods.md §3.4 [C]) reports no IPC 50; the survey's DC cell equals "
+                            "its DSA cell",
+    ("dsa", "cifar100", 1): "DSA readme prints 13.9 ± 0.3 (methods.md §3.4 [C])",
+    ("random", "cifar100", 50): "DATM result figure prints 33.4 ± 0.4 (methods.md §3.4 [C])",
+    ("dm", "mnist", 1): "equals the survey's Herding cell; methods.md has no DM MNIST number to check it",
+    ("dm", "mnist", 50): "equals the survey's Herding cell; methods.md has no DM MNIST number to check it",
+    ("mtt", "cifar10", 1): "FTD/DATM reprint 46.2 ± 0.8 (methods.md §3.1 [C]); MTT reports the best "
+                           "checkpoint by test accuracy",
+    ("mtt", "cifar10", 10): "FTD/DATM reprint 65.4 ± 0.7 (methods.md §3.1 [C]); MTT reports the best "
+                            "checkpoint by test accuracy",
+    ("mtt", "cifar100", 10): "DATM result figure prints 39.7 ± 0.4 (methods.md §3.4 [C])",
+    ("ftd", "cifar10", 1): "DATM's rerun: 46.0 ± 0.4 (methods.md §3.1 [C])",
+    ("ftd", "cifar10", 10): "DATM's rerun: 65.3 ± 0.4 (methods.md §3.1 [C])",
+    ("ftd", "cifar10", 50): "DATM's rerun: 73.2 ± 0.2 (methods.md §3.1 [C])",
+    ("ftd", "cifar100", 1): "DATM's rerun: 24.4 ± 0.4 (methods.md §3.4 [C])",
+    ("ftd", "cifar100", 10): "DATM's rerun: 42.5 ± 0.2 (methods.md §3.4 [C])",
+    ("ftd", "cifar100", 50): "DATM's rerun: 48.5 ± 0.3 (methods.md §3.4 [C])",
+    ("ftd", "tinyimagenet", 1): "DATM's rerun: 10.5 ± 0.2 (methods.md §3.4 [C])",
+    ("ftd", "tinyimagenet", 10): "DATM's rerun: 23.4 ± 0.3 (methods.md §3.4 [C])",
+    ("idc", "svhn", 1): "IDC README prints 68.5 (methods.md §3.3 [C])",
+    ("idc", "svhn", 10): "IDC README prints 87.5 (methods.md §3.3 [C])",
+    ("idc", "svhn", 50): "IDC README prints 90.1 (methods.md §3.3 [C])",
+    ("idc", "cifar10", 1): "IDC README prints 50.6 (methods.md §3.1 [C])",
+    ("idc", "cifar100", 10): "IDC README prints 45.1 (methods.md §3.4 [C])",
+    ("rtp", "cifar10", 50): "reprinted as 73.6 ± 0.5 (methods.md §3.1 [P])",
+    ("rtp", "cifar100", 1): "another reprint prints 34.4 ± 0.4 (methods.md §3.4 [P])",
+    ("kcenter", "cifar10", 1): "a later reprint prints 23.3 ± 0.9 (methods.md §3.1 [P])",
+    ("kcenter", "cifar10", 10): "a later reprint prints 36.4 ± 0.6 (methods.md §3.1 [P])",
+    ("kcenter", "cifar10", 50): "a later reprint prints 48.7 ± 0.3 (methods.md §3.1 [P])",
+}
+
+
+def _parse(cell: str) -> tuple[float, float | None] | None:
+    """'70.5 ± 0.6' -> (70.5, 0.6); '-' -> None (not reported)."""
+    cell = cell.strip()
+    if cell == "-":
+        return None
+    mean, _, std = cell.partition("±")
+    return float(mean), (float(std) if std.strip() else None)
+
+
+def _build() -> dict[tuple[str, str, int | None], Published]:
+    table = {}
+    cols = [(d, ipc) for d in DATASETS for ipc in IPCS]
+    for method, row in _TABLE1.items():
+        cells = row.split("|")
+        assert len(cells) == len(cols), f"{method}: {len(cells)} cells, expected {len(cols)}"
+        for (dataset, ipc), cell in zip(cols, cells):
+            if (value := _parse(cell)) is not None:
+                table[method, dataset, ipc] = Published(*value, SURVEY)
+    for dataset, cell in zip(DATASETS, _WHOLE.split("|")):
+        table["whole", dataset, None] = Published(*_parse(cell), SURVEY)
+    for (dataset, ipc), cell in _KCENTER.items():
+        table["kcenter", dataset, ipc] = Published(*_parse(cell), KCENTER)
+    for key, note in _NOTES.items():
+        p = table[key]  # a note without a value would be a transcription slip: fail at import
+        table[key] = Published(p.mean, p.std, p.source, note)
+    return table
+
+
+TABLE: dict[tuple[str, str, int | None], Published] = _build()
+
+
+def published(method: str, dataset: str, ipc: int | None) -> Published | None:
+    """The published number for a cell, or None where none was reported. Whole dataset: method "whole"."""
+    if method == "whole":
+        ipc = None  # the whole-dataset row has no IPC; accept 0 as well
+    return TABLE.get((method, dataset, ipc))

@@ -1,0 +1,62 @@
+"""`SyntheticSet`: what every method produces and the evaluation reads (and nothing else)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class SyntheticSet:
+    """A distilled (or selected) training set plus everything needed to evaluate and trace it.
+
+    images: (N, C, H, W) float32 in the dataset's normalised (or ZCA) space, on CPU.
+    labels: hard (N,) int64, or soft (N, K) float class probabilities.
+    lr: learned evaluation step size (MTT family), else None.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    method: str
+    dataset: str
+    ipc: int
+    lr: float | None = None
+    zca: bool = False
+    params: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.images.dim() != 4:
+            raise ValueError(f"images must be (N, C, H, W), got shape {tuple(self.images.shape)}")
+        if len(self.labels) != len(self.images):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+        if not torch.isfinite(self.images).all():
+            raise ValueError(f"synthetic set of {self.method!r} contains NaN or inf pixels")
+
+    @property
+    def soft(self) -> bool:
+        return self.labels.is_floating_point()
+
+    def hard_labels(self) -> torch.Tensor:
+        return self.labels.argmax(1) if self.soft else self.labels
+
+    def save(self, path: str | Path) -> Path:
+        """Atomic write (temp file + rename) so a killed run never leaves a half-written set."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = asdict(self)
+        record["images"], record["labels"] = self.images.detach().cpu(), self.labels.detach().cpu()
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(record, tmp)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SyntheticSet":
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no synthetic set at {path}; run its distill stage first (dvc repro)")
+        return cls(**torch.load(path, map_location="cpu", weights_only=False))

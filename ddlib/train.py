@@ -1,0 +1,74 @@
+"""The one training loop: evaluation, coreset embedders and every method's inner loop call `fit`.
+
+Mini-batch SGD with cross-entropy on hard labels (N,) or soft labels (N, K) given as class
+probabilities. The DC-family evaluation recipe (SGD lr 0.01, momentum 0.9, weight decay 5e-4, batch 256,
+lr x0.1 at epoch//2+1) is `fit(..., decay_at=epochs // 2 + 1)`; see evaluate.py.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, batch_size: int = 256,
+        momentum: float = 0.9, weight_decay: float = 5e-4, decay_at: int | None = None,
+        aug: Augment | None = None, gen: torch.Generator | None = None) -> list[float]:
+    """Train `net` in place on (x, y) for `epochs` passes; returns the mean loss of each epoch.
+
+    Args:
+        decay_at: epoch index from which lr is multiplied by 0.1. As in the DC code the optimizer is rebuilt
+            there, which also resets the momentum buffers.
+        aug: optional batch augmentation `aug(x, gen)` (e.g. DSA with per-sample parameters).
+        gen: generator for shuffling and augmentation (CPU); a fixed default keeps calls reproducible.
+    """
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if not torch.isfinite(x).all():
+        raise ValueError("training images contain NaN or inf")
+    gen = gen if gen is not None else torch.Generator().manual_seed(0)
+    net.train()
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    history = []
+    for epoch in range(epochs):
+        if decay_at is not None and epoch == decay_at:
+            opt = torch.optim.SGD(net.parameters(), lr=lr * 0.1, momentum=momentum, weight_decay=weight_decay)
+        order = torch.randperm(len(x), generator=gen).to(x.device)
+        total = 0.0
+        for start in range(0, len(x), batch_size):
+            idx = order[start:start + batch_size]
+            xb, yb = x[idx], y[idx]
+            if aug is not None:
+                xb = aug(xb, gen)
+            loss = F.cross_entropy(net(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        history.append(total / len(x))
+    return history
+
+
+@torch.no_grad()
+def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    """Top-1 accuracy in percent (eval mode, no gradients)."""
+    net.eval()
+    correct = 0
+    for start in range(0, len(x), batch_size):
+        correct += (net(x[start:start + batch_size]).argmax(1) == y[start:start + batch_size]).sum().item()
+    net.train()
+    return 100.0 * correct / len(x)
+
+
+@torch.no_grad()
+def embed_all(net: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Features `net.embed(x)` for a whole split, in eval mode."""
+    net.eval()
+    out = torch.cat([net.embed(x[s:s + batch_size]) for s in range(0, len(x), batch_size)])
+    net.train()
+    return out

@@ -1,0 +1,77 @@
+import statistics
+
+import pytest
+import torch
+
+from ddlib import evaluate, methods, nets
+from ddlib.synset import SyntheticSet
+from ddlib.train import accuracy, fit
+
+
+def test_protocol_epoch_rule_and_validation():
+    assert evaluate.Protocol(dsa=True).train_epochs == 1000
+    assert evaluate.Protocol(dsa=False).train_epochs == 300
+    assert evaluate.Protocol(epochs=7).train_epochs == 7
+    for bad in ({"num_seeds": 0}, {"epochs": 0}, {"lr": "fast"}, {"model": "mlp9"}):
+        with pytest.raises(ValueError):
+            evaluate.Protocol(**bad)
+
+
+def test_fit_learns_a_separable_problem():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 1, 28, 28, generator=gen)
+    y = torch.arange(4).repeat(10)
+    x += y.view(-1, 1, 1, 1) * 0.5          # class-dependent brightness
+    net = nets.make_net("convnet_w16_d2", 1, 4, (28, 28), seed=0)
+    losses = fit(net, x, y, epochs=30, lr=0.05, batch_size=16, gen=gen)
+    assert losses[-1] < 0.5 * losses[0]
+    assert accuracy(net, x, y) >= 90.0
+
+
+def test_fit_accepts_soft_labels():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(20, 1, 28, 28, generator=gen)
+    y = torch.softmax(torch.randn(20, 10, generator=gen) * 3, dim=1)
+    net = nets.make_net("convnet_w8_d1", 1, 10, (28, 28), seed=0)
+    losses = fit(net, x, y, epochs=10, lr=0.05, gen=gen)
+    assert losses[-1] < losses[0]
+
+
+def test_fit_rejects_nan_images():
+    net = nets.make_net("convnet_w8_d1", 1, 10, (28, 28))
+    with pytest.raises(ValueError, match="NaN"):
+        fit(net, torch.full((2, 1, 28, 28), float("nan")), torch.tensor([0, 1]), epochs=1, lr=0.01)
+
+
+def test_evaluate_reports_final_accuracy_over_seeds(tiny_train, tiny_test):
+    synset = methods.distill("random", tiny_train, ipc=2, seed=0)
+    protocol = evaluate.Protocol(epochs=3, num_seeds=2, dsa=True, test_subset=2)
+    out = evaluate.evaluate(synset, tiny_test, protocol, device="cpu", seed=0)
+    assert len(out["accs"]) == 2 and all(0 <= a <= 100 for a in out["accs"])
+    assert out["mean"] == pytest.approx(statistics.fmean(out["accs"]))
+    assert out["std"] == pytest.approx(statistics.pstdev(out["accs"]))
+    assert out["protocol"]["epochs"] == 3 and out["protocol"]["test_images"] == 20
+    again = evaluate.evaluate(synset, tiny_test, protocol, device="cpu", seed=0)
+    assert again["accs"] == out["accs"]   # seeded: reproducible
+
+
+def test_learned_lr_protocol(tiny_train, tiny_test):
+    synset = methods.distill("random", tiny_train, ipc=1, seed=0)
+    with pytest.raises(ValueError, match="learned lr"):
+        evaluate.evaluate(synset, tiny_test, evaluate.Protocol(lr="learned", epochs=1, num_seeds=1))
+    synset.lr = 0.02
+    out = evaluate.evaluate(synset, tiny_test, evaluate.Protocol(lr="learned", epochs=1, num_seeds=1))
+    assert out["protocol"]["lr"] == 0.02
+
+
+def test_synset_round_trip_and_validation(tmp_path, tiny_train):
+    synset = methods.distill("random", tiny_train, ipc=1, seed=3)
+    loaded = SyntheticSet.load(synset.save(tmp_path / "s" / "synset.pt"))
+    assert torch.equal(loaded.images, synset.images) and torch.equal(loaded.labels, synset.labels)
+    assert loaded.provenance == synset.provenance and loaded.method == "random"
+    with pytest.raises(ValueError, match="NaN"):
+        SyntheticSet(torch.full((1, 1, 2, 2), float("nan")), torch.tensor([0]), "x", "fashion_mnist", 1)
+    with pytest.raises(ValueError, match="labels"):
+        SyntheticSet(torch.zeros(2, 1, 2, 2), torch.tensor([0]), "x", "fashion_mnist", 1)
+    with pytest.raises(FileNotFoundError, match="distill stage"):
+        SyntheticSet.load(tmp_path / "missing.pt")

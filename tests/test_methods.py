@@ -1,0 +1,128 @@
+import math
+
+import pytest
+import torch
+
+from ddlib import loop, methods, nets, params
+from ddlib.methods import dc, dm, herding, kcenter
+
+PARAMS = params.load("params.yaml")
+
+
+def tiny(method):
+    return params.method_params(PARAMS, method, "tiny")
+
+
+# ---------------------------------------------------------------- math against hand computations
+def test_layer_distance_by_hand():
+    g_real = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    g_syn = torch.tensor([[2.0, 0.0], [1.0, 1.0]])
+    # row 0: cos = 1 -> 0; row 1: cos = 1/sqrt(2) -> 1 - 0.70711
+    expected = 1 - 1 / math.sqrt(2)
+    assert dc.layer_distance(g_real, g_syn).item() == pytest.approx(expected, abs=1e-5)
+    # a conv gradient (out, in, kh, kw) is compared per output channel, like the 2-D case
+    assert dc.layer_distance(g_real.view(2, 1, 1, 2), g_syn.view(2, 1, 1, 2)).item() == pytest.approx(expected, abs=1e-5)
+    # biases / norm parameters do not count
+    assert dc.layer_distance(torch.tensor([1.0, 2.0]), torch.tensor([-1.0, 5.0])).item() == 0.0
+
+
+def test_gradient_distance_variants_by_hand():
+    g_real = [torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([3.0, 4.0])]
+    g_syn = [torch.tensor([[2.0, 0.0], [1.0, 1.0]]), torch.tensor([0.0, 4.0])]
+    assert dc.gradient_distance(g_real, g_syn, "ours").item() == pytest.approx(1 - 1 / math.sqrt(2), abs=1e-5)
+    # mse over the concatenation: (1)^2 + (1)^2 + (3)^2 = 11
+    assert dc.gradient_distance(g_real, g_syn, "mse").item() == pytest.approx(11.0)
+    # cos: r = [1,0,0,1,3,4], s = [2,0,1,1,0,4]; r.s = 2+1+16 = 19; |r| = sqrt(27); |s| = sqrt(22)
+    assert dc.gradient_distance(g_real, g_syn, "cos").item() == pytest.approx(1 - 19 / math.sqrt(27 * 22), abs=1e-5)
+
+
+def test_mean_embedding_distance_by_hand():
+    emb_real = torch.tensor([[1.0, 2.0], [3.0, 4.0]])   # mean (2, 3)
+    emb_syn = torch.tensor([[0.0, 0.0]])
+    assert dm.mean_embedding_distance(emb_real, emb_syn).item() == pytest.approx(13.0)
+
+
+def test_herding_is_the_argmin_rule():
+    f = torch.tensor([[0.0], [10.0], [4.0], [6.0]])     # class mean 5
+    # step 1: |5 - f| = 5, 5, 1, 1 -> first minimum, index 2 (4)
+    # step 2: |5 - (4 + f)/2| for 0, 10, 6 -> 3, 2, 0 -> index 3
+    assert herding.herding_select(f, 2).tolist() == [2, 3]
+    assert sorted(herding.herding_select(f, 4).tolist()) == [0, 1, 2, 3]   # never repeats
+
+
+def test_kcenter_adds_the_farthest_point():
+    f = torch.tensor([[0.0], [1.0], [10.0], [4.0]])
+    # from 0: farthest is 10 (idx 2); then nearest-centre distances 1, 0, 4 -> idx 3
+    assert kcenter.kcenter_select(f, 3, first=0).tolist() == [0, 2, 3]
+
+
+def test_dc_synthetic_images_get_second_order_gradients(tiny_train):
+    cfg = methods.make_config("dc", tiny("dc"))
+    state = loop.init_state(tiny_train, 1, init="noise", lr_img=0.1, momentum=0.5,
+                            gen=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+    net = nets.make_net("convnet", 1, 10, (28, 28), seed=0)
+    params_ = list(net.parameters())
+    loss = dc.matching_loss(net, params_, state, tiny_train, cfg)
+    (grad,) = torch.autograd.grad(loss, state.x_syn)
+    # the loss depends on the images only through grad_theta l(theta; S): non-zero image gradients prove
+    # the backward pass went through the synthetic gradient (create_graph=True), i.e. second order
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    assert all(g.abs().sum() > 0 for g in grad.view(10, -1))   # every class's image gets a signal
+
+
+# ---------------------------------------------------------------- registry-wide smoke tests
+@pytest.mark.parametrize("method", methods.available())
+def test_every_method_distils_ipc1(method, tiny_train):
+    synset = methods.distill(method, tiny_train, ipc=1, params=tiny(method), device="cpu", seed=0)
+    assert synset.images.shape == (10, 1, 28, 28) and torch.isfinite(synset.images).all()
+    assert synset.labels.tolist() == list(range(10))
+    assert synset.method == method and synset.ipc == 1 and synset.dataset == "fashion_mnist"
+    for key in ("git_commit", "torch", "device", "seed", "wall_time_s", "peak_mem_mb"):
+        assert key in synset.provenance
+    if method in ("dm", "dc", "dsa"):
+        assert synset.provenance["iterations"] == 2
+        init = loop.init_state(tiny_train, 1, init=methods.make_config(method, tiny(method)).init, lr_img=1,
+                               momentum=0, gen=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+        assert not torch.allclose(init.x_syn.detach(), synset.images)   # the images were optimised
+
+
+def test_selection_methods_return_real_images(tiny_train):
+    real = {tuple(x.flatten()[:20].tolist()) for x in tiny_train.x}
+    for method in ("random", "herding", "kcenter"):
+        synset = methods.distill(method, tiny_train, ipc=2, params=tiny(method), seed=1)
+        assert all(tuple(x.flatten()[:20].tolist()) in real for x in synset.images)
+        assert synset.labels.tolist() == [c for c in range(10) for _ in range(2)]
+
+
+# ---------------------------------------------------------------- error paths
+def test_unknown_method(tiny_train):
+    with pytest.raises(ValueError, match="unknown method 'nope'.*available"):
+        methods.distill("nope", tiny_train, ipc=1)
+
+
+@pytest.mark.parametrize("ipc", [0, -3, 1.5, True])
+def test_bad_ipc_is_rejected_early(ipc, tiny_train):
+    with pytest.raises(ValueError, match="ipc"):
+        methods.distill("dm", tiny_train, ipc=ipc, params=tiny("dm"))
+
+
+def test_ipc_larger_than_a_class(tiny_train):
+    with pytest.raises(ValueError, match="exceeds the smallest class"):
+        methods.distill("random", tiny_train, ipc=13)
+
+
+def test_unknown_parameter_is_an_error(tiny_train):
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['lr_imgg'\]"):
+        methods.distill("dm", tiny_train, ipc=1, params={"lr_imgg": 1.0})
+
+
+def test_dc_without_loops_for_this_ipc_fails_before_work(tiny_train):
+    with pytest.raises(ValueError, match="no \\(outer_loop, inner_loop\\) for ipc=3"):
+        methods.distill("dc", tiny_train, ipc=3, params=tiny("dc"))
+
+
+def test_bad_config_values():
+    with pytest.raises(ValueError, match="unknown distance"):
+        methods.make_config("dc", {"distance": "l7"})
+    with pytest.raises(ValueError, match="unknown init"):
+        loop.init_state(None, 1, init="zeros", lr_img=1, momentum=0, gen=torch.Generator(), device="cpu")
