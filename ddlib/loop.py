@@ -13,7 +13,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -137,7 +137,8 @@ def run(state: State, step: Callable[[State], float], *, iterations: int, device
             save()
             last_save = timer.now()
     bar.close()
-    save()
+    if ckpt:  # finished: the result is returned (and cached by DVC); a stale checkpoint must not outlive code changes
+        ckpt.unlink(missing_ok=True)
     return RunInfo(state.iteration, timer.now(), runtime.peak_memory_mb(device), history, stopped_by, resumed_from)
 
 
@@ -168,6 +169,30 @@ def init_state(real, ipc: int, *, init: str, lr_img: float, momentum: float, gen
     return State(x_syn=x_syn, y_syn=y_syn, opt=opt, gen=gen)
 
 
+def budget_for(time_budget_s: float | dict | None, ipc: int) -> float | None:
+    """A wall-clock budget given as seconds or as {ipc: seconds} (quick profiles budget each IPC)."""
+    if isinstance(time_budget_s, dict):
+        if ipc not in time_budget_s:
+            raise ValueError(f"time_budget_s has no entry for ipc={ipc}: {time_budget_s}")
+        return time_budget_s[ipc]
+    return time_budget_s
+
+
 def new_seed(gen: torch.Generator) -> int:
     """A fresh integer seed drawn from the method's generator (for network initialisations)."""
     return int(torch.randint(2**62, (1,), generator=gen))
+
+
+def distill(method: str, step: Callable[[State], float], real, cfg, *, ipc: int, device: torch.device, seed: int,
+            checkpoint: str | Path | None = None) -> SyntheticSet:
+    """The whole life of an iterative method: init the synthetic set from `cfg`, run `step`, package it."""
+    gen = torch.Generator().manual_seed(seed)
+    state = init_state(real, ipc, init=cfg.init, lr_img=cfg.lr_img, momentum=cfg.momentum, gen=gen, device=device)
+    info = run(state, step, iterations=cfg.iterations, device=device, checkpoint=checkpoint,
+               run_id=fingerprint(method=method, ipc=ipc, seed=seed, **asdict(cfg)),
+               checkpoint_every=cfg.checkpoint_every, time_budget_s=budget_for(cfg.time_budget_s, ipc),
+               desc=f"{method} ipc{ipc}")
+    return finish(state.x_syn, state.y_syn, method=method, real=real, ipc=ipc, params=asdict(cfg), device=device,
+                  seed=seed, wall_time_s=info.wall_time_s, peak_mem_mb=info.peak_mem_mb, iterations=info.iterations,
+                  extra={"stopped_by": info.stopped_by, "resumed_from": info.resumed_from,
+                         "loss_history": info.history})

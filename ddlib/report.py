@@ -218,9 +218,10 @@ def to_pixels(images: torch.Tensor, mean=None, std=None) -> np.ndarray:
     return x.clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
 
-def image_grid(images: torch.Tensor, labels: torch.Tensor, path: str | Path, *, class_names=None,
-               mean=None, std=None, max_per_class: int = 10) -> Path:
-    """One row per class of up to `max_per_class` images (N, C, H, W), shown in pixel space.
+def image_grid(images: torch.Tensor, labels: torch.Tensor, path: str | Path | None = None, *, class_names=None,
+               mean=None, std=None, max_per_class: int = 10) -> Path | Figure:
+    """One row per class of up to `max_per_class` images (N, C, H, W), shown in pixel space; saved to `path`
+    as PNG, or returned as a Figure when `path` is None (for display in a notebook).
 
     Args:
         mean, std: per-channel normalisation to undo; without them (e.g. ZCA space) each image is
@@ -247,7 +248,7 @@ def image_grid(images: torch.Tensor, labels: torch.Tensor, path: str | Path, *, 
     ax.set_yticks([row * (h + pad) + h / 2 for row in range(len(classes))],
                   [class_names[k] if class_names else str(k) for k in classes])
     fig.tight_layout()
-    return _save(fig, path)
+    return fig if path is None else _save(fig, path)
 
 
 def _save(fig: Figure, path: str | Path) -> Path:

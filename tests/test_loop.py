@@ -1,5 +1,10 @@
 """The shared distillation loop: NaN guard, checkpoints, kill-and-resume, wall-clock budget."""
 
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
 
@@ -72,12 +77,13 @@ def test_checkpoint_of_another_configuration_is_not_resumed(tiny_train, tmp_path
     assert info.resumed_from is None
 
 
-def test_method_level_resume_through_the_registry(tiny_train, tmp_path):
+def test_finished_run_removes_its_checkpoint_and_is_deterministic(tiny_train, tmp_path):
     p = {**params.method_params(params.load("params.yaml"), "dm", "tiny"), "iterations": 3}
     ckpt = tmp_path / "dm-ipc1.pt"
     first = methods.distill("dm", tiny_train, ipc=1, params=p, checkpoint=ckpt)
-    again = methods.distill("dm", tiny_train, ipc=1, params=p, checkpoint=ckpt)   # finished run: nothing redone
-    assert again.provenance["resumed_from"] == 3 and torch.equal(first.images, again.images)
+    assert not ckpt.exists()   # a finished run removes its checkpoint
+    again = methods.distill("dm", tiny_train, ipc=1, params=p, checkpoint=ckpt)
+    assert again.provenance["resumed_from"] is None and torch.equal(first.images, again.images)  # deterministic
 
 
 def test_time_budget_stops_early(tiny_train):
@@ -89,3 +95,32 @@ def test_time_budget_stops_early(tiny_train):
 def test_negative_iterations_rejected(tiny_train):
     with pytest.raises(ValueError, match="iterations"):
         loop.run(fresh_state(tiny_train), lambda s: 0.0, iterations=-1, device=CPU)
+
+
+
+KILLABLE = """
+import sys
+from ddlib import data, methods
+real = data.load("fashion_mnist", "train", root=sys.argv[1])
+methods.distill("dm", real, ipc=1, params={"iterations": 60, "batch_real": 4, "checkpoint_every": 1},
+                checkpoint=sys.argv[2])
+"""
+
+
+def test_sigkill_then_resume(fixture_root, tiny_train, tmp_path):
+    """A real SIGKILL mid-run: the rerun resumes from the last checkpoint and ends where an unkilled run ends."""
+    params_ = {"iterations": 60, "batch_real": 4, "checkpoint_every": 1}
+    ckpt = tmp_path / "dm.pt"
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(fixture_root), str(ckpt)])
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and torch.load(ckpt, weights_only=False)["state"]["iteration"] >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the child finished before it could be killed"
+    killed_at = torch.load(ckpt, weights_only=False)["state"]["iteration"]
+    resumed = methods.distill("dm", tiny_train, ipc=1, params=params_, checkpoint=ckpt)
+    assert resumed.provenance["resumed_from"] == killed_at >= 3 and resumed.provenance["iterations"] == 60
+    reference = methods.distill("dm", tiny_train, ipc=1, params=params_)
+    assert torch.allclose(resumed.images, reference.images, atol=1e-5)

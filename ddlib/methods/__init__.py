@@ -11,8 +11,6 @@ import dataclasses
 from pathlib import Path
 from types import ModuleType
 
-import torch
-
 from .. import runtime
 from ..data import LabeledImages
 from ..synset import SyntheticSet
@@ -57,5 +55,4 @@ def distill(name: str, real: LabeledImages, *, ipc: int, params: dict | None = N
     cfg = make_config(name, params)
     check_ipc(ipc, real)
     device = runtime.resolve_device(device)
-    torch.manual_seed(seed)  # belt and braces: ddlib itself draws only from explicit generators
     return module.distill(real, cfg, ipc=ipc, device=device, seed=seed, checkpoint=checkpoint)

@@ -6,7 +6,7 @@ Following the DC paper's baselines, the embedding comes from a ConvNet trained o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -23,6 +23,16 @@ class EmbedConfig:
     batch_size: int = 256
     train_per_class: int | None = None   # train the embedder on a stratified subset (None = all)
     pool_per_class: int | None = None    # candidates per class to select from (None = the whole class)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Config of an embedding-based selection method (herding, k-center)."""
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+
+    def __post_init__(self):
+        if isinstance(self.embed, dict):  # from params.yaml
+            object.__setattr__(self, "embed", EmbedConfig(**self.embed))
 
 
 def class_embeddings(real: LabeledImages, cfg: EmbedConfig, gen: torch.Generator, device: torch.device):

@@ -13,7 +13,7 @@ so the image update differentiates through a gradient (second order). methods.md
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -43,7 +43,7 @@ class Config:
     distance: str = "ours"          # "ours" (layer-wise), "mse" or "cos"
     dsa: bool = False               # Siamese DSA in matching + DSA in the inner loop (= the DSA method)
     loops: dict = field(default_factory=lambda: dict(PAPER_LOOPS))   # ipc -> (outer_loop, inner_loop)
-    time_budget_s: float | None = None
+    time_budget_s: float | dict | None = None   # seconds, or {ipc: seconds}; quick profile stops there
     checkpoint_every: int = 10
 
     def __post_init__(self):
@@ -119,14 +119,5 @@ def step(state: loop.State, real: LabeledImages, cfg: Config) -> float:
 def distill(real: LabeledImages, cfg: Config, *, ipc: int, device, seed: int,
             checkpoint: str | Path | None = None, method: str = ID) -> SyntheticSet:
     cfg.loops_for(ipc)  # fail before any work
-    gen = torch.Generator().manual_seed(seed)
-    state = loop.init_state(real, ipc, init=cfg.init, lr_img=cfg.lr_img, momentum=cfg.momentum, gen=gen,
-                            device=device)
-    info = loop.run(state, lambda s: step(s, real, cfg), iterations=cfg.iterations, device=device,
-                    checkpoint=checkpoint, run_id=loop.fingerprint(method=method, ipc=ipc, seed=seed, **asdict(cfg)),
-                    checkpoint_every=cfg.checkpoint_every, time_budget_s=cfg.time_budget_s, desc=f"{method} ipc{ipc}")
-    return loop.finish(state.x_syn, state.y_syn, method=method, real=real, ipc=ipc, params=asdict(cfg),
-                       device=device, seed=seed, wall_time_s=info.wall_time_s, peak_mem_mb=info.peak_mem_mb,
-                       iterations=info.iterations,
-                       extra={"stopped_by": info.stopped_by, "resumed_from": info.resumed_from,
-                              "loss_history": info.history})
+    return loop.distill(method, lambda s: step(s, real, cfg), real, cfg, ipc=ipc, device=device, seed=seed,
+                        checkpoint=checkpoint)

@@ -12,7 +12,7 @@ forward/backward per iteration (methods.md §2.3, VICO-UoE/DatasetCondensation m
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,7 +33,7 @@ class Config:
     init: str = "real"              # "real" or "noise"
     model: str = "convnet"
     dsa: bool = True                # Siamese DSA inside the matching
-    time_budget_s: float | None = None   # quick profile: stop at this wall-clock budget
+    time_budget_s: float | dict | None = None   # seconds, or {ipc: seconds}; quick profile stops there
     checkpoint_every: int = 500
 
     def __post_init__(self):
@@ -68,14 +68,5 @@ def step(state: loop.State, real: LabeledImages, cfg: Config) -> float:
 
 def distill(real: LabeledImages, cfg: Config, *, ipc: int, device, seed: int,
             checkpoint: str | Path | None = None) -> SyntheticSet:
-    gen = torch.Generator().manual_seed(seed)
-    state = loop.init_state(real, ipc, init=cfg.init, lr_img=cfg.lr_img, momentum=cfg.momentum, gen=gen,
-                            device=device)
-    info = loop.run(state, lambda s: step(s, real, cfg), iterations=cfg.iterations, device=device,
-                    checkpoint=checkpoint, run_id=loop.fingerprint(method=ID, ipc=ipc, seed=seed, **asdict(cfg)),
-                    checkpoint_every=cfg.checkpoint_every, time_budget_s=cfg.time_budget_s, desc=f"{ID} ipc{ipc}")
-    return loop.finish(state.x_syn, state.y_syn, method=ID, real=real, ipc=ipc, params=asdict(cfg), device=device,
-                       seed=seed, wall_time_s=info.wall_time_s, peak_mem_mb=info.peak_mem_mb,
-                       iterations=info.iterations,
-                       extra={"stopped_by": info.stopped_by, "resumed_from": info.resumed_from,
-                              "loss_history": info.history})
+    return loop.distill(ID, lambda s: step(s, real, cfg), real, cfg, ipc=ipc, device=device, seed=seed,
+                        checkpoint=checkpoint)

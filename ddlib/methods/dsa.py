@@ -26,4 +26,5 @@ class Config(dc.Config):
     dsa: bool = True
 
 
+step = dc.step          # the DSA behaviour comes from Config.dsa=True
 distill = partial(dc.distill, method=ID)

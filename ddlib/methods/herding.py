@@ -8,25 +8,16 @@ Step k picks argmin_i || mu - (sum_{j<k} f_j + f_i) / k ||, mu = class mean. Thi
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import torch
 
 from .. import loop, runtime
 from ..data import LabeledImages
 from ..synset import SyntheticSet
-from .coreset import EmbedConfig, class_embeddings
+from .coreset import Config, class_embeddings
 
 ID = "herding"
-
-
-@dataclass(frozen=True)
-class Config:
-    embed: EmbedConfig = field(default_factory=EmbedConfig)
-
-    def __post_init__(self):
-        if isinstance(self.embed, dict):  # from params.yaml
-            object.__setattr__(self, "embed", EmbedConfig(**self.embed))
 
 
 def herding_select(features: torch.Tensor, k: int) -> torch.Tensor:

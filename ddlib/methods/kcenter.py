@@ -7,25 +7,16 @@ nearest chosen centre, i.e. a 2-approximation of the minimax facility location p
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import torch
 
 from .. import loop, runtime
 from ..data import LabeledImages
 from ..synset import SyntheticSet
-from .coreset import EmbedConfig, class_embeddings
+from .coreset import Config, class_embeddings
 
 ID = "kcenter"
-
-
-@dataclass(frozen=True)
-class Config:
-    embed: EmbedConfig = field(default_factory=EmbedConfig)
-
-    def __post_init__(self):
-        if isinstance(self.embed, dict):  # from params.yaml
-            object.__setattr__(self, "embed", EmbedConfig(**self.embed))
 
 
 def kcenter_select(features: torch.Tensor, k: int, first: int) -> torch.Tensor:
