@@ -188,10 +188,11 @@ def distill(method: str, step: Callable[[State], float], real, cfg, *, ipc: int,
     """The whole life of an iterative method: init the synthetic set from `cfg`, run `step`, package it."""
     gen = torch.Generator().manual_seed(seed)
     state = init_state(real, ipc, init=cfg.init, lr_img=cfg.lr_img, momentum=cfg.momentum, gen=gen, device=device)
+    budget = budget_for(cfg.time_budget_s, ipc)
+    desc = f"{method} ipc{ipc}" + (f" (stops at {budget:g} s)" if budget is not None else "")
     info = run(state, step, iterations=cfg.iterations, device=device, checkpoint=checkpoint,
                run_id=fingerprint(method=method, ipc=ipc, seed=seed, **asdict(cfg)),
-               checkpoint_every=cfg.checkpoint_every, time_budget_s=budget_for(cfg.time_budget_s, ipc),
-               desc=f"{method} ipc{ipc}")
+               checkpoint_every=cfg.checkpoint_every, time_budget_s=budget, desc=desc)
     return finish(state.x_syn, state.y_syn, method=method, real=real, ipc=ipc, params=asdict(cfg), device=device,
                   seed=seed, wall_time_s=info.wall_time_s, peak_mem_mb=info.peak_mem_mb, iterations=info.iterations,
                   extra={"stopped_by": info.stopped_by, "resumed_from": info.resumed_from,

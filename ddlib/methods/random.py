@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .. import loop
+from .. import loop, runtime
 from ..data import LabeledImages
 from ..synset import SyntheticSet
 
@@ -24,4 +24,4 @@ def distill(real: LabeledImages, cfg: Config, *, ipc: int, device, seed: int, ch
     x = torch.cat([real.sample_class(c, ipc, gen) for c in range(real.spec.num_classes)])
     y = torch.arange(real.spec.num_classes).repeat_interleave(ipc)
     return loop.finish(x, y, method=ID, real=real, ipc=ipc, params=asdict(cfg), device=device, seed=seed,
-                       wall_time_s=time.perf_counter() - start, peak_mem_mb=0.0)
+                       wall_time_s=time.perf_counter() - start, peak_mem_mb=runtime.peak_memory_mb(device))
