@@ -1,12 +1,13 @@
 """Tables and figures for reports/: our accuracies next to the survey's (Lei & Tao 2024, Table 1).
 
-Reads the pipeline's result files (CONTRIBUTING.md): results/distill/<method>-<dataset>-<ipc>/metrics.json
-(distillation cost + params) and results/eval/<key>/eval.json (accuracy over seeds), joins them per key,
-and writes per dataset a Table-1-style markdown table with cost and provenance, accuracy-vs-IPC and
-accuracy-vs-cost figures and one image grid per synthetic set. Nothing is estimated: a missing number is
-"-". Output is deterministic for the same inputs (sorted keys, fixed float formats), so `dvc repro` of the
-report stage only changes files when results change. Figures use matplotlib's object API (no pyplot), so
-importing this module never switches the backend of a notebook that imports it.
+Reads the pipeline's result files (written by `write_metrics` and `write_eval` below):
+results/distill/<method>-<dataset>-<ipc>/metrics.json (distillation cost + params) and
+results/eval/<key>/eval.json (accuracy over seeds). It joins them per key and writes, per dataset, a
+Table-1-style markdown table with cost and provenance, accuracy-vs-IPC and accuracy-vs-cost figures and one
+image grid per synthetic set. Nothing is estimated: a missing number is "-". Output is deterministic for
+the same inputs (sorted keys, fixed float formats), so `dvc repro` of the report stage only changes files
+when results change. Figures use matplotlib's object API (no pyplot), so importing this module never
+switches the backend of a notebook that imports it.
 """
 
 from __future__ import annotations
