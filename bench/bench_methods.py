@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -95,7 +96,7 @@ def main() -> None:
         for ipc in args.ipcs:
             cmd = [sys.executable, __file__, "--one", method, str(ipc), "--profile", args.profile,
                    "--repeats", str(args.repeats), "--data-root", args.data_root]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={"TQDM_DISABLE": "1", **__import__("os").environ})
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={"TQDM_DISABLE": "1", **os.environ})
             if proc.returncode:
                 sys.exit(f"{method} ipc {ipc} failed:\n{proc.stderr[-3000:]}")
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
