@@ -6,11 +6,13 @@ Following the DC paper's baselines, the embedding comes from a ConvNet trained o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import torch
 
-from .. import nets
+from .. import loop, nets, runtime
 from ..data import LabeledImages
 from ..train import embed_all, fit
 
@@ -49,3 +51,16 @@ def class_embeddings(real: LabeledImages, cfg: EmbedConfig, gen: torch.Generator
         out.append((idx, embed_all(net, real.x[idx].to(device)).cpu()))
     return out
 
+
+
+def select(method: str, pick: Callable[[torch.Tensor, torch.Generator], torch.Tensor], real: LabeledImages,
+           cfg: Config, *, ipc: int, device: torch.device, seed: int):
+    """Run an embedding-based selection: `pick(features, gen) -> ipc indices` per class, then package the
+    chosen real images as a SyntheticSet."""
+    start, gen = time.perf_counter(), torch.Generator().manual_seed(seed)
+    runtime.reset_peak_memory(device)
+    picks = [idx[pick(feats, gen)] for idx, feats in class_embeddings(real, cfg.embed, gen, device)]
+    x = torch.cat([real.x[p] for p in picks])
+    y = torch.arange(real.spec.num_classes).repeat_interleave(ipc)
+    return loop.finish(x, y, method=method, real=real, ipc=ipc, params=asdict(cfg), device=device, seed=seed,
+                       wall_time_s=time.perf_counter() - start, peak_mem_mb=runtime.peak_memory_mb(device))

@@ -7,15 +7,11 @@ Step k picks argmin_i || mu - (sum_{j<k} f_j + f_i) / k ||, mu = class mean. Thi
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict
-
 import torch
 
-from .. import loop, runtime
 from ..data import LabeledImages
 from ..synset import SyntheticSet
-from .coreset import Config, class_embeddings
+from .coreset import Config, select
 
 ID = "herding"
 
@@ -36,10 +32,4 @@ def herding_select(features: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def distill(real: LabeledImages, cfg: Config, *, ipc: int, device, seed: int, checkpoint=None) -> SyntheticSet:
-    start, gen = time.perf_counter(), torch.Generator().manual_seed(seed)
-    runtime.reset_peak_memory(device)
-    picks = [idx[herding_select(feats, ipc)] for idx, feats in class_embeddings(real, cfg.embed, gen, device)]
-    x = torch.cat([real.x[p] for p in picks])
-    y = torch.arange(real.spec.num_classes).repeat_interleave(ipc)
-    return loop.finish(x, y, method=ID, real=real, ipc=ipc, params=asdict(cfg), device=device, seed=seed,
-                       wall_time_s=time.perf_counter() - start, peak_mem_mb=runtime.peak_memory_mb(device))
+    return select(ID, lambda feats, gen: herding_select(feats, ipc), real, cfg, ipc=ipc, device=device, seed=seed)

@@ -6,15 +6,11 @@ nearest chosen centre, i.e. a 2-approximation of the minimax facility location p
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict
-
 import torch
 
-from .. import loop, runtime
 from ..data import LabeledImages
 from ..synset import SyntheticSet
-from .coreset import Config, class_embeddings
+from .coreset import Config, select
 
 ID = "kcenter"
 
@@ -31,13 +27,6 @@ def kcenter_select(features: torch.Tensor, k: int, first: int) -> torch.Tensor:
 
 
 def distill(real: LabeledImages, cfg: Config, *, ipc: int, device, seed: int, checkpoint=None) -> SyntheticSet:
-    start, gen = time.perf_counter(), torch.Generator().manual_seed(seed)
-    runtime.reset_peak_memory(device)
-    picks = []
-    for idx, feats in class_embeddings(real, cfg.embed, gen, device):
-        first = int(torch.randint(len(idx), (1,), generator=gen))
-        picks.append(idx[kcenter_select(feats, ipc, first)])
-    x = torch.cat([real.x[p] for p in picks])
-    y = torch.arange(real.spec.num_classes).repeat_interleave(ipc)
-    return loop.finish(x, y, method=ID, real=real, ipc=ipc, params=asdict(cfg), device=device, seed=seed,
-                       wall_time_s=time.perf_counter() - start, peak_mem_mb=runtime.peak_memory_mb(device))
+    def pick(feats, gen):  # the first centre of each class is a random sample
+        return kcenter_select(feats, ipc, first=int(torch.randint(len(feats), (1,), generator=gen)))
+    return select(ID, pick, real, cfg, ipc=ipc, device=device, seed=seed)
