@@ -5,9 +5,10 @@ STAMP := $(VENV)/.setup-done
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export MPLBACKEND := Agg
-# tcmalloc cuts CPU step time 25-35% on the dev machine (cpu-costs.md); used when installed.
-TCMALLOC := $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4)
-PRELOAD := $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC),)
+# tcmalloc cuts CPU step time 25-35% on the dev machine (cpu-costs.md); used when installed. Looked up by the
+# shell when a recipe runs, so the first `make repro` on a fresh machine uses what `setup` just installed.
+TCMALLOC := /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
+PRELOAD = LD_PRELOAD=$$(test -e $(TCMALLOC) && echo $(TCMALLOC))
 
 .PHONY: setup repro test bench profile clean-smoke
 
@@ -21,6 +22,7 @@ $(STAMP): requirements.txt requirements-lock.txt pyproject.toml
 	touch $(STAMP)
 
 repro: setup            ## the default pipeline (quick profile unless params.yaml says otherwise)
+	@python -m ddlib.plan   # what will run and how long it took last time
 	time $(PRELOAD) dvc repro
 
 test: setup             ## unit tests, papermill+nbval over every notebook, one tiny dvc repro

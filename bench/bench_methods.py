@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def measure(method: str, ipc: int, profile: str, repeats: int, data_root: str) -> dict:
-    from ddlib import augment, data, loop, methods, nets, params, runtime
+    from ddlib import augment, data, evaluate, loop, methods, nets, params, provenance, runtime
     from ddlib.train import accuracy, fit
 
     runtime.set_threads()
@@ -38,7 +38,7 @@ def measure(method: str, ipc: int, profile: str, repeats: int, data_root: str) -
     real = data.load("fashion_mnist", "train", root=data_root)
     test = data.load("fashion_mnist", "test", root=data_root)
     module = methods.get(method)
-    out = {"method": method, "ipc": ipc, "profile": profile, **runtime.provenance(device)}
+    out = {"method": method, "ipc": ipc, "profile": profile, **provenance.record(device)}
     if hasattr(module, "step"):
         state = loop.init_state(real, ipc, init=cfg.init, lr_img=cfg.lr_img, momentum=cfg.momentum,
                                 gen=torch.Generator().manual_seed(0), device=device)
@@ -56,7 +56,7 @@ def measure(method: str, ipc: int, profile: str, repeats: int, data_root: str) -
         start = time.perf_counter()
         methods.distill(method, real, ipc=ipc, params=params.method_params(all_params, method, profile), device=device)
         out["selection_s"] = time.perf_counter() - start
-    protocol = params.eval_protocol(all_params, profile)
+    protocol = evaluate.protocol(all_params, profile)
     synset = methods.distill("random", real, ipc=ipc, device=device)   # content does not change the cost
     x, y = synset.images.to(device), synset.labels.to(device)
     net = nets.make_net(protocol.model, 1, 10, (28, 28), seed=0).to(device)

@@ -2,8 +2,10 @@
 
 Modules, one concept each: data (datasets), zca (whitening), nets (ConvNet family), augment (DSA),
 train (the one training loop), evaluate (the evaluation protocol), synset (SyntheticSet), loop (the one
-distillation loop), methods (registry + one module per method), params (params.yaml + profiles),
-report (tables and figures), published (the survey's numbers), runtime (device, threads, provenance).
+distillation loop), methods (lazy registry + one module per method), params (params.yaml + profiles),
+results (the result files between stages), report (reports/ pages), figures (plots and image grids),
+published (the survey's numbers), provenance (what produced a result), sources (which code each stage runs,
+and which stages are stale), plan (what `dvc repro` will run), runtime (device, threads, memory).
 """
 
 __version__ = "0.1.0"

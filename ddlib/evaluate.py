@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from . import augment, nets, runtime
+from . import augment, nets, params, provenance, runtime
 from .data import LabeledImages
 from .synset import SyntheticSet
 from .train import accuracy, fit
@@ -47,6 +47,11 @@ class Protocol:
     @property
     def train_epochs(self) -> int:
         return self.epochs if self.epochs is not None else (1000 if self.dsa else 300)
+
+
+def protocol(all_params: dict, profile: str | None = None) -> Protocol:
+    """The protocol of params.yaml's `evaluation` section under a profile (default: the active one)."""
+    return Protocol(**params.resolve(all_params["evaluation"], profile or all_params.get("profile", "quick")))
 
 
 def _eval_lr(synset: SyntheticSet, protocol: Protocol) -> float:
@@ -83,8 +88,9 @@ def evaluate(synset: SyntheticSet, test: LabeledImages, protocol: Protocol = Pro
         accs.append(accuracy(net, x_test, y_test))
         if progress:
             progress(i, accs[-1])
-    return {"method": synset.method, "dataset": synset.dataset, "ipc": synset.ipc, "accs": accs,
+    return {"method": synset.method, "dataset": synset.dataset, "ipc": synset.ipc,
+            "synset_sha256": synset.content_hash(), "accs": accs,
             "mean": statistics.fmean(accs), "std": statistics.pstdev(accs),
             "seeds": [seed * 1000 + i for i in range(protocol.num_seeds)],
             "protocol": {**asdict(protocol), "epochs": epochs, "lr": lr, "test_images": len(x_test)},
-            "wall_time_s": time.perf_counter() - start, **runtime.provenance(device)}
+            "wall_time_s": time.perf_counter() - start, **provenance.record(device)}

@@ -1,9 +1,15 @@
 """The one distillation loop every iterative method runs.
 
 A method supplies `init(...) -> State` and `step(state, real) -> float`; `run` owns the iteration counter,
-periodic checkpoints with resume after a kill, the NaN/inf guard, the wall-clock budget, the progress bar
-and the timing/peak-memory accounting. Image updates go through `update`, which refuses a non-finite loss
-or gradient *before* touching the images, so the state (and the last checkpoint on disk) stay good.
+periodic checkpoints with resume after a kill, the NaN/inf guard, the optional wall-clock cap, the progress
+bar and the timing/peak-memory accounting.
+
+Image updates go through `update`, which refuses a non-finite loss or gradient *before* touching the images,
+so the state (and the last checkpoint on disk) stay good.
+
+Budgets are iteration counts (an int, or {ipc: int} in the quick profile), so the same code and params give
+the same result on the same kind of machine (provenance.py). A wall-clock cap (`time_budget_s`) exists as an
+option; a run it cut short records stopped_by="time_budget", and the report labels it.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Callable
 import torch
 from tqdm.std import tqdm
 
-from . import runtime
+from . import provenance, runtime
 from .synset import SyntheticSet
 
 
@@ -92,6 +98,16 @@ def _save(path: Path, payload: dict) -> None:
     os.replace(tmp, path)   # atomic: a kill during the write keeps the previous checkpoint
 
 
+def _progress(desc: str, iterations: int, done: int, time_budget_s: float | None, elapsed: float) -> tqdm:
+    """Plain-text bar (readable under papermill): iterations, or seconds when a wall-clock cap is set."""
+    common = dict(desc=desc, file=sys.stderr, mininterval=float(os.environ.get("TQDM_MININTERVAL", 10)),
+                  dynamic_ncols=False, ascii=True)
+    if time_budget_s is None:
+        return tqdm(total=iterations, initial=done, unit="it", **common)
+    return tqdm(total=time_budget_s, initial=min(elapsed, time_budget_s), unit="s",
+                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]", **common)
+
+
 def run(state: State, step: Callable[[State], float], *, iterations: int, device: torch.device,
         checkpoint: str | Path | None = None, run_id: str = "", checkpoint_every: int = 50,
         checkpoint_every_s: float = 60.0, time_budget_s: float | None = None, desc: str = "distill",
@@ -118,9 +134,7 @@ def run(state: State, step: Callable[[State], float], *, iterations: int, device
 
     runtime.reset_peak_memory(device)
     stopped_by, last_save = "iterations", timer.now()
-    mininterval = float(os.environ.get("TQDM_MININTERVAL", 10))
-    bar = tqdm(total=iterations, initial=state.iteration, desc=desc, file=sys.stderr, mininterval=mininterval,
-               dynamic_ncols=False, ascii=True)
+    bar = _progress(desc, iterations, state.iteration, time_budget_s, timer.now())
     while state.iteration < iterations:
         if time_budget_s is not None and timer.now() >= time_budget_s:
             stopped_by = "time_budget"
@@ -131,8 +145,9 @@ def run(state: State, step: Callable[[State], float], *, iterations: int, device
         history.append((state.iteration, float(loss)))
         for hook in hooks:
             hook(state, loss)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+        bar.set_postfix(it=f"{state.iteration}/{iterations}", loss=f"{loss:.4g}", refresh=False)
+        # a capped run counts seconds towards its cap, so the bar's total and ETA are the real ones
+        bar.update(1 if time_budget_s is None else min(timer.now(), time_budget_s) - bar.n)
         if state.iteration % checkpoint_every == 0 or timer.now() - last_save >= checkpoint_every_s:
             save()
             last_save = timer.now()
@@ -146,7 +161,7 @@ def finish(x: torch.Tensor, y: torch.Tensor, *, method: str, real, ipc: int, par
            seed: int, wall_time_s: float, peak_mem_mb: float, iterations: int = 0, lr: float | None = None,
            extra: dict | None = None) -> SyntheticSet:
     """Package the result of any method (selection or optimisation) as a SyntheticSet with provenance."""
-    prov = {**runtime.provenance(device), "seed": seed, "wall_time_s": wall_time_s, "peak_mem_mb": peak_mem_mb,
+    prov = {**provenance.record(device), "seed": seed, "wall_time_s": wall_time_s, "peak_mem_mb": peak_mem_mb,
             "iterations": iterations, **(extra or {})}
     return SyntheticSet(images=x.detach().cpu().float(), labels=y.detach().cpu(), method=method,
                         dataset=real.spec.name, ipc=ipc, lr=lr, params=params, provenance=prov)
@@ -169,13 +184,24 @@ def init_state(real, ipc: int, *, init: str, lr_img: float, momentum: float, gen
     return State(x_syn=x_syn, y_syn=y_syn, opt=opt, gen=gen)
 
 
-def budget_for(time_budget_s: float | dict | None, ipc: int) -> float | None:
-    """A wall-clock budget given as seconds or as {ipc: seconds} (quick profiles budget each IPC)."""
-    if isinstance(time_budget_s, dict):
-        if ipc not in time_budget_s:
-            raise ValueError(f"time_budget_s has no entry for ipc={ipc}: {time_budget_s}")
-        return time_budget_s[ipc]
-    return time_budget_s
+def check_budget(value, name: str, *, allow_none: bool = False) -> None:
+    """A budget is a number >= 0 or {ipc: number >= 0} (None only where the budget is optional)."""
+    values = value.values() if isinstance(value, dict) else [value]
+    for v in values:
+        if v is None and allow_none:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ValueError(f"{name} must be a number >= 0 or {{ipc: number}}, got {value!r}")
+
+
+def per_ipc(value, ipc: int, name: str):
+    """A budget given as one value or as {ipc: value} (the quick profile budgets each IPC)."""
+    if isinstance(value, dict):
+        if ipc not in value:
+            raise ValueError(f"{name} has no entry for ipc={ipc}: {value}; add one to the profile's block in "
+                             "params.yaml")
+        return value[ipc]
+    return value
 
 
 def new_seed(gen: torch.Generator) -> int:
@@ -188,12 +214,13 @@ def distill(method: str, step: Callable[[State], float], real, cfg, *, ipc: int,
     """The whole life of an iterative method: init the synthetic set from `cfg`, run `step`, package it."""
     gen = torch.Generator().manual_seed(seed)
     state = init_state(real, ipc, init=cfg.init, lr_img=cfg.lr_img, momentum=cfg.momentum, gen=gen, device=device)
-    budget = budget_for(cfg.time_budget_s, ipc)
-    desc = f"{method} ipc{ipc}" + (f" (stops at {budget:g} s)" if budget is not None else "")
-    info = run(state, step, iterations=cfg.iterations, device=device, checkpoint=checkpoint,
+    iterations = per_ipc(cfg.iterations, ipc, "iterations")
+    budget = per_ipc(cfg.time_budget_s, ipc, "time_budget_s")
+    desc = f"{method} ipc{ipc}" + (f" (capped at {budget:g} s)" if budget is not None else "")
+    info = run(state, step, iterations=iterations, device=device, checkpoint=checkpoint,
                run_id=fingerprint(method=method, ipc=ipc, seed=seed, **asdict(cfg)),
                checkpoint_every=cfg.checkpoint_every, time_budget_s=budget, desc=desc)
     return finish(state.x_syn, state.y_syn, method=method, real=real, ipc=ipc, params=asdict(cfg), device=device,
                   seed=seed, wall_time_s=info.wall_time_s, peak_mem_mb=info.peak_mem_mb, iterations=info.iterations,
-                  extra={"stopped_by": info.stopped_by, "resumed_from": info.resumed_from,
-                         "loss_history": info.history})
+                  extra={"iterations_planned": iterations, "stopped_by": info.stopped_by,
+                         "resumed_from": info.resumed_from, "loss_history": info.history})

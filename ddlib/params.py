@@ -4,7 +4,7 @@ and per-profile override blocks (`quick`, `tiny`) that only shrink budgets.
     methods:
       dm:
         paper: {iterations: 20000, batch_real: 256, ...}
-        quick: {iterations: 400, batch_real: 64, time_budget_s: 150}
+        quick: {iterations: {1: 60, 10: 150}, batch_real: 64}
 
 `resolve(section, profile)` = paper values updated with the profile's overrides. The active profile is the
 top-level `profile` key; switching is `make profile PROFILE=paper` (or `dvc exp run -S profile=paper`).
@@ -15,8 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-
-from .evaluate import Protocol
 
 PROFILES = ("paper", "quick", "tiny")
 
@@ -62,7 +60,3 @@ def method_params(params: dict, method: str, profile: str | None = None) -> dict
     if method not in methods:
         raise ValueError(f"params.yaml has no section methods.{method}; sections: {sorted(methods)}")
     return resolve(methods[method], profile or params.get("profile", "quick"))
-
-
-def eval_protocol(params: dict, profile: str | None = None) -> Protocol:
-    return Protocol(**resolve(params["evaluation"], profile or params.get("profile", "quick")))

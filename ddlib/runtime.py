@@ -1,11 +1,9 @@
-"""Where and how code runs: device resolution, CPU threads, provenance and resource accounting."""
+"""Where and how code runs: device resolution, CPU threads, resource accounting (provenance: provenance.py)."""
 
 from __future__ import annotations
 
 import os
-import platform
 import resource
-import subprocess
 import time
 from pathlib import Path
 
@@ -13,48 +11,33 @@ import torch
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' -> CUDA when present, else CPU; anything else is validated and returned."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use 'auto' or 'cpu'")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"unknown device {device!r}; expected 'auto', 'cpu' or 'cuda[:N]'")
-    return torch.device(device)
+    """'auto' -> CUDA when present, else CPU; anything else is validated and returned.
+
+    Choosing CUDA also fixes cuDNN to deterministic kernels without autotuning (provenance.py says what
+    that does and does not make reproducible).
+    """
+    if isinstance(device, str):
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+        if device != "cpu" and not device.startswith("cuda"):
+            raise ValueError(f"unknown device {device!r}; expected 'auto', 'cpu' or 'cuda[:N]'")
+        device = torch.device(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    return device
 
 
 def set_threads(n: int | None = None) -> int:
-    """Use every core for intra-op work (the matmul peak doubles from 1 to 2 threads on the dev box)."""
+    """Use every core for intra-op work (the matmul peak doubles from 1 to 2 threads on the dev box).
+
+    The thread count is part of what makes a CPU result bit-reproducible (provenance.py): DDLIB_THREADS=2
+    reproduces numbers made on a 2-core machine on a bigger one with the same instruction set.
+    """
     n = n or int(os.environ.get("DDLIB_THREADS", 0)) or os.cpu_count() or 1
     torch.set_num_threads(n)
     return n
-
-
-def git_commit(root: str | Path | None = None) -> str:
-    """Short commit of the working tree, with '+dirty' when it has uncommitted changes; 'unknown' outside git."""
-    cwd = Path(root) if root else Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=cwd, capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def provenance(device: torch.device) -> dict:
-    """What produced a result: code version, library version and hardware."""
-    return {"git_commit": git_commit(), "torch": torch.__version__, "device": device_name(device),
-            "host": platform.node(), "python": platform.python_version()}
 
 
 def reset_peak_memory(device: torch.device) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +43,17 @@ class SyntheticSet:
 
     def hard_labels(self) -> torch.Tensor:
         return self.labels.argmax(1) if self.soft else self.labels
+
+    def content_hash(self) -> str:
+        """sha256 of what training on the set sees (pixels, labels, learned lr), not of its provenance:
+        two runs of the same code and params on the same kind of machine give the same hash."""
+        digest = hashlib.sha256()
+        for t in (self.images, self.labels):
+            t = t.detach().cpu().contiguous()
+            digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            digest.update(t.numpy().tobytes())
+        digest.update(repr(self.lr).encode())
+        return digest.hexdigest()
 
     def save(self, path: str | Path) -> Path:
         """Atomic write (temp file + rename) so a killed run never leaves a half-written set."""

@@ -124,3 +124,22 @@ def test_sigkill_then_resume(fixture_root, tiny_train, tmp_path):
     assert resumed.provenance["resumed_from"] == killed_at >= 3 and resumed.provenance["iterations"] == 60
     reference = methods.distill("dm", tiny_train, ipc=1, params=params_)
     assert torch.allclose(resumed.images, reference.images, atol=1e-5)
+
+
+def test_budgets_are_iterations_per_ipc():
+    assert loop.per_ipc({1: 60, 10: 150}, 10, "iterations") == 150 and loop.per_ipc(7, 10, "iterations") == 7
+    with pytest.raises(ValueError, match=r"iterations has no entry for ipc=50.*params.yaml"):
+        loop.per_ipc({1: 60, 10: 150}, 50, "iterations")
+    for bad in ({1: -3}, "many", -1, True):
+        with pytest.raises(ValueError, match="iterations must be a number >= 0"):
+            methods.make_config("dm", {"iterations": bad})
+    methods.make_config("dc", {"iterations": {1: 60, 10: 10}, "time_budget_s": {1: None, 10: 30}})
+
+
+def test_a_run_cut_by_the_wall_clock_cap_records_it(tiny_train):
+    p = {**params.method_params(params.load("params.yaml"), "dm", "tiny"), "iterations": {1: 5}, "time_budget_s": 0}
+    synset = methods.distill("dm", tiny_train, ipc=1, params=p)
+    prov = synset.provenance
+    assert (prov["stopped_by"], prov["iterations"], prov["iterations_planned"]) == ("time_budget", 0, 5)
+    full = methods.distill("dm", tiny_train, ipc=1, params={**p, "time_budget_s": None})
+    assert (full.provenance["stopped_by"], full.provenance["iterations"]) == ("iterations", 5)

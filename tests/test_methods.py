@@ -77,7 +77,7 @@ def test_every_method_distils_ipc1(method, tiny_train):
     assert synset.images.shape == (10, 1, 28, 28) and torch.isfinite(synset.images).all()
     assert synset.labels.tolist() == list(range(10))
     assert synset.method == method and synset.ipc == 1 and synset.dataset == "fashion_mnist"
-    for key in ("git_commit", "torch", "device", "seed", "wall_time_s", "peak_mem_mb"):
+    for key in ("code_version", "torch", "device", "threads", "cpu_capability", "seed", "wall_time_s", "peak_mem_mb"):
         assert key in synset.provenance
     if method in ("dm", "dc", "dsa"):
         assert synset.provenance["iterations"] == 2

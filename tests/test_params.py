@@ -24,7 +24,7 @@ def test_every_method_section_makes_a_valid_config(profile):
     assert set(REPO["grid"]["methods"]) <= set(methods.available())
     for method in REPO["methods"]:
         methods.make_config(method, params.method_params(REPO, method, profile))
-    assert isinstance(params.eval_protocol(REPO, profile), evaluate.Protocol)
+    assert isinstance(evaluate.protocol(REPO, profile), evaluate.Protocol)
 
 
 def test_paper_profile_holds_the_official_values():
@@ -34,5 +34,5 @@ def test_paper_profile_holds_the_official_values():
     assert dc.loops_for(10) == (10, 50) and dc.loops_for(1) == (1, 1) and dc.init == "noise"
     dsa = methods.make_config("dsa", params.method_params(REPO, "dsa", "paper"))
     assert dsa.dsa and dsa.init == "real" and dsa.lr_img == 0.1
-    proto = params.eval_protocol(REPO, "paper")
+    proto = evaluate.protocol(REPO, "paper")
     assert (proto.train_epochs, proto.lr, proto.batch_size, proto.num_seeds) == (1000, 0.01, 256, 5)

@@ -1,4 +1,9 @@
-"""One tiny end-to-end `dvc repro` of the whole pipeline (tiny profile) in a scratch copy of the workbook."""
+"""One tiny end-to-end `dvc repro` of the whole pipeline (tiny profile) in a scratch copy of the workbook.
+
+Besides "it runs": the synthetic sets and accuracies must equal the committed golden values for this kind of
+machine (tests/golden/tiny.json; `DDBOOK_UPDATE_GOLDEN=1` rewrites them after an intended change), an edit to
+one method's code must make exactly its cells stale in the report, and `dvc plots show` must find its data.
+"""
 
 import json
 import os
@@ -13,6 +18,7 @@ import yaml
 from ddlib import data, methods
 
 ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = ROOT / "tests" / "golden" / "tiny.json"
 HAVE_FMNIST = data.DEBIAN_FASHION_MNIST.exists() or (ROOT / "data" / "fashion_mnist" / "raw").exists()
 
 
@@ -23,11 +29,44 @@ def run(cmd, cwd):
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
+def ok(cmd, cwd):
+    proc = run(cmd, cwd)
+    assert proc.returncode == 0, f"{cmd}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout
+
+
+def cells(work: Path) -> dict:
+    """Per cell: what the reproducibility guarantee covers (content of the set, accuracies) and the platform."""
+    out = {}
+    for m in methods.available():
+        key = f"{m}-fashion_mnist-1"
+        metrics = json.loads((work / "results" / "distill" / key / "metrics.json").read_text())
+        result = json.loads((work / "results" / "eval" / key / "eval.json").read_text())
+        out[key] = {"synset_sha256": metrics["synset_sha256"], "accs": result["accs"],
+                    "platform": f"torch {result['torch']}, {result['cpu_capability']}, {result['threads']} threads"}
+    return out
+
+
+def check_golden(found: dict) -> None:
+    platform = {c.pop("platform") for c in found.values()}
+    assert len(platform) == 1, platform
+    platform = platform.pop()
+    golden = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
+    if os.environ.get("DDBOOK_UPDATE_GOLDEN"):
+        golden[platform] = found
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
+    if platform not in golden:
+        pytest.skip(f"no golden tiny results for {platform} (known: {sorted(golden)}); "
+                    "DDBOOK_UPDATE_GOLDEN=1 records them")
+    assert found == golden[platform], "the tiny pipeline no longer reproduces tests/golden/tiny.json"
+
+
 @pytest.mark.skipif(not HAVE_FMNIST, reason="needs Fashion-MNIST (make setup installs dataset-fashion-mnist)")
 def test_tiny_dvc_repro_end_to_end(tmp_path):
     work = tmp_path / "book"
     work.mkdir()
-    for item in ("dvc.yaml", "notebooks", "ddlib"):
+    for item in ("dvc.yaml", "notebooks", "ddlib", "requirements.txt", "requirements-lock.txt"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -37,22 +76,49 @@ def test_tiny_dvc_repro_end_to_end(tmp_path):
     if (ROOT / "data" / "fashion_mnist" / "raw").exists():
         shutil.copytree(ROOT / "data" / "fashion_mnist" / "raw", work / "data" / "fashion_mnist" / "raw")
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
-        assert run(cmd, work).returncode == 0
+        ok(cmd, work)
+    shutil.copytree(ROOT / ".dvc" / "plots", work / ".dvc" / "plots", dirs_exist_ok=True)
 
-    proc = run(["dvc", "repro"], work)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    ok(["dvc", "repro"], work)
 
     for method in methods.available():
         result = json.loads((work / "results" / "eval" / f"{method}-fashion_mnist-1" / "eval.json").read_text())
         assert result["profile"] == "tiny" and len(result["accs"]) == 1 and 0 <= result["mean"] <= 100
         assert (work / "results" / "distill" / f"{method}-fashion_mnist-1" / "synset.pt").exists()
     table = (work / "reports" / "fashion_mnist.md").read_text()
-    assert all(f"| {m}" in table for m in methods.available()), table
+    assert all(f"| {m} |" in table for m in methods.available()), table
+    assert "stale" not in table and "not run" not in table and "checked against `dvc.lock`" in table
     assert (work / "reports" / "figures" / "fashion_mnist_acc_vs_ipc.png").exists()
+    first = cells(work)
+    check_golden({k: dict(v) for k, v in first.items()})
 
-    # up to date after a run; changing one method's parameter invalidates only that method's stages
-    status = run(["dvc", "status", "--json"], work)
-    assert json.loads(status.stdout or "{}") == {}, status.stdout
+    # up to date after a run, and the preview agrees
+    assert json.loads(run(["dvc", "status", "--json"], work).stdout or "{}") == {}
+    assert "nothing to run" in ok([sys.executable, "-m", "ddlib.plan"], work)
+    plots = json.loads(ok(["dvc", "plots", "show", "--json"], work))["data"]
+    assert {"reports/plots/accuracy.json", "reports/plots/loss.json"} <= set(plots)
+    assert any(k.startswith("reports/figures") for k in plots)
+
+    # an edit to DC's code concerns DC and DSA (which imports it) and nothing else ...
+    with open(work / "ddlib" / "methods" / "dc.py", "a") as f:
+        f.write("# a comment changes no number, but the code is not the same any more\n")
+    preview = ok([sys.executable, "-m", "ddlib.plan"], work)
+    assert "will run up to 6 stages (profile tiny): 1 code, 2 distill, 2 evaluate, 1 report" in preview, preview
+    # ... and a report made before they rerun refuses exactly their numbers
+    ok(["dvc", "repro", "-s", "code"], work)
+    ok(["dvc", "repro", "-s", "-f", "report"], work)
+    table = (work / "reports" / "fashion_mnist.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    assert rows["dc"].count("stale") == 1 and rows["dsa"].count("stale") == 1, table
+    assert "stale" not in rows["dm"] and "stale" not in rows["random"]
+    assert "rerun `dvc repro distill@dc-fashion_mnist-1`" in table
+    stages_run = run(["dvc", "repro"], work).stdout
+    assert "Running stage 'distill@dsa-fashion_mnist-1'" in stages_run, stages_run
+    assert "Running stage 'distill@dm-fashion_mnist-1'" not in stages_run, stages_run
+    assert cells(work) == first          # same code semantics, same numbers: bit for bit, second time round
+    assert "stale" not in (work / "reports" / "fashion_mnist.md").read_text()
+
+    # changing one method's parameter invalidates only that method's stages
     params["methods"]["dm"]["tiny"]["batch_real"] = 5
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = set(json.loads(run(["dvc", "status", "--json"], work).stdout))

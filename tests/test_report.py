@@ -1,4 +1,4 @@
-"""Tests for ddlib.published (survey numbers) and ddlib.report (tables, figures, report files)."""
+"""Tests for ddlib.published (survey numbers), ddlib.results, ddlib.report and ddlib.figures."""
 
 import json
 from pathlib import Path
@@ -8,42 +8,46 @@ import matplotlib.image
 import pytest
 import torch
 
-from ddlib import report
+from ddlib import figures, report, results
 from ddlib.published import DATASETS, IPCS, TABLE, published
+from ddlib.synset import SyntheticSet
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SURVEY_MD = Path(__file__).resolve().parents[2] / "shared" / "reference" / "survey-tables.md"
 PROTOCOL = {"epochs": 300, "lr": 0.01, "batch_size": 256, "dsa": True, "test_subset": None, "momentum": 0.9}
 
 
-def _write(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record))
+def _synset(method, dataset, ipc, **prov):
+    """A 2-class synthetic set (8x8 images), as a method would return it."""
+    gen = torch.Generator().manual_seed(ipc)
+    return SyntheticSet(images=torch.randn(2 * ipc, 1, 8, 8, generator=gen),
+                        labels=torch.arange(2).repeat_interleave(ipc), method=method, dataset=dataset, ipc=ipc,
+                        params={"lr_img": 0.1}, provenance={"code_version": "abc1234", "torch": "2.14.1",
+                                                            "device": "cpu (x86_64, 2 threads)", "threads": 2,
+                                                            "cpu_capability": "AVX512", "seed": 0, **prov})
 
 
-def _distill(root, method, dataset, ipc, wall, mem):
-    key = f"{method}-{dataset}-{ipc}"
-    _write(root / "distill" / key / "metrics.json", {
-        "method": method, "dataset": dataset, "ipc": ipc, "profile": "quick", "iterations": 20,
-        "wall_time_s": wall, "peak_mem_mb": mem, "device": "cpu", "seed": 0, "params": {"lr_img": 0.1},
-        "git_commit": "abc1234", "torch": "2.14.1", "loss_history": [[0, 1.0]]})
-    # a tiny synthetic set in SyntheticSet's on-disk form (a dict), 2 classes x ipc images
-    channels = 1
-    torch.save({"images": torch.randn(2 * ipc, channels, 8, 8), "labels": torch.arange(2).repeat_interleave(ipc),
-                "method": method, "dataset": dataset, "ipc": ipc, "zca": False},
-               root / "distill" / key / "synset.pt")
+def _distill(root, method, dataset, ipc, wall, mem, **prov):
+    prov = {"iterations": 20, "iterations_planned": 20, "stopped_by": "iterations", **prov}
+    synset = _synset(method, dataset, ipc, wall_time_s=wall, peak_mem_mb=mem, loss_history=[(1, 2.0), (2, 1.0)], **prov)
+    folder = root / "distill" / results.key(method, dataset, ipc)
+    synset.save(folder / "synset.pt")
+    results.write_metrics(synset, folder / "metrics.json", profile="quick")
+    return synset
 
 
-def _eval(root, method, dataset, ipc, mean, std, profile="quick"):
-    _write(root / "eval" / f"{method}-{dataset}-{ipc}" / "eval.json", {
-        "method": method, "dataset": dataset, "ipc": ipc, "profile": profile, "accs": [mean - std, mean + std],
-        "mean": mean, "std": std, "seeds": [0, 1], "protocol": PROTOCOL, "wall_time_s": 5.0, "device": "cpu",
-        "git_commit": "def5678", "torch": "2.14.1"})
+def _eval(root, method, dataset, ipc, mean, std, profile="quick", synset_sha256=None):
+    results.write_eval({"method": method, "dataset": dataset, "ipc": ipc, "accs": [mean - std, mean + std],
+                        "mean": mean, "std": std, "seeds": [0, 1], "protocol": PROTOCOL, "wall_time_s": 5.0,
+                        "device": "cpu (x86_64, 2 threads)", "code_version": "def5678", "torch": "2.14.1",
+                        "synset_sha256": synset_sha256 or _synset(method, dataset, ipc).content_hash()},
+                       root / "eval" / results.key(method, dataset, ipc) / "eval.json", profile=profile)
 
 
 @pytest.fixture
-def results(tmp_path):
-    """random: distilled + evaluated at IPC 1 and 10; dc: eval-only at 1, distill-only at 10; dsa, zzz: eval only."""
+def results_dir(tmp_path):
+    """random: distilled + evaluated at IPC 1 and 10; dc: eval-only at 1, distill-only at 10; dm at 10 cut by
+    the wall-clock cap; dsa: evaluated another set than the one on disk; zzz: eval only; one MNIST cell."""
     root = tmp_path / "results"
     _distill(root, "random", "fashion_mnist", 1, 0.004, 512.4)
     _distill(root, "random", "fashion_mnist", 10, 0.02, 530.6)
@@ -51,7 +55,10 @@ def results(tmp_path):
     _eval(root, "random", "fashion_mnist", 10, 71.2, 0.5)
     _eval(root, "dc", "fashion_mnist", 1, 69.96, 0.44, profile="paper")
     _distill(root, "dc", "fashion_mnist", 10, 1234.5, 2048.0)
-    _eval(root, "dsa", "fashion_mnist", 10, 84.0, 0.2)
+    _distill(root, "dm", "fashion_mnist", 10, 150.0, 900.0, stopped_by="time_budget", iterations_planned=400)
+    _eval(root, "dm", "fashion_mnist", 10, 76.0, 0.5)
+    _distill(root, "dsa", "fashion_mnist", 10, 300.0, 900.0)
+    _eval(root, "dsa", "fashion_mnist", 10, 84.0, 0.2, synset_sha256="0" * 64)
     _eval(root, "zzz", "fashion_mnist", 10, 60.0, 1.0)
     _distill(root, "random", "mnist", 1, 0.01, 100.0)
     _eval(root, "random", "mnist", 1, 65.0, 3.0)
@@ -121,92 +128,132 @@ def test_published_matches_every_survey_cell():
     assert len(TABLE) == survey_cells + 6 + 6
 
 
-# --- collect / table ------------------------------------------------------------------------------------
-
-def test_collect_joins_and_orders(results):
-    rows = report.collect(results)
-    assert [r["key"] for r in rows] == [
-        "random-fashion_mnist-1", "random-fashion_mnist-10", "dc-fashion_mnist-1", "dc-fashion_mnist-10",
-        "dsa-fashion_mnist-10", "zzz-fashion_mnist-10", "random-mnist-1"]
-    by_key = {r["key"]: r for r in rows}
-    assert by_key["dc-fashion_mnist-1"]["wall_time_s"] is None and by_key["dc-fashion_mnist-1"]["acc_mean"] == 69.96
-    assert by_key["dc-fashion_mnist-10"]["acc_mean"] is None and by_key["dc-fashion_mnist-10"]["iterations"] == 20
-    assert by_key["random-fashion_mnist-1"]["git_commits"] == ["abc1234", "def5678"]
 
 
-def test_table_cells_exact(results):
-    md = report.table_markdown(report.collect(results), "fashion_mnist")
+# --- results: the files between stages ----------------------------------------------------------------
+
+def test_collect_joins_both_files(results_dir):
+    rows = results.collect(results_dir)
+    assert list(rows) == sorted(rows) and len(rows) == 8
+    dc1, dc10 = rows["dc-fashion_mnist-1"], rows["dc-fashion_mnist-10"]
+    assert dc1["wall_time_s"] is None and dc1["acc_mean"] == 69.96 and dc1["synset_path"] is None
+    assert dc10["acc_mean"] is None and dc10["iterations"] == 20 and dc10["synset_path"].endswith("synset.pt")
+    r1 = rows["random-fashion_mnist-1"]
+    assert r1["code_versions"] == ["abc1234", "def5678"] and r1["platforms"] == ["AVX512, 2 threads",
+                                                                                   "cpu (x86_64, 2 threads)"]
+    assert r1["synset_sha256"] == r1["eval_synset_sha256"] == _synset("random", "fashion_mnist", 1).content_hash()
+
+
+def test_collect_reads_files_of_the_old_format(tmp_path):
+    """Result files written before code_version existed carry git_commit; they still load."""
+    folder = tmp_path / "eval" / "dm-fashion_mnist-1"
+    folder.mkdir(parents=True)
+    (folder / "eval.json").write_text(json.dumps({"method": "dm", "dataset": "fashion_mnist", "ipc": 1, "mean": 50.0,
+                                                  "git_commit": "90d4303+dirty"}))
+    assert results.collect(tmp_path)["dm-fashion_mnist-1"]["code_versions"] == ["90d4303+dirty"]
+
+
+# --- report: cells, statuses, pages ----------------------------------------------------------------------
+
+GRID = {"datasets": ["fashion_mnist"], "methods": ["random", "dc", "dsa", "dm", "herding"], "ipcs": [1, 10]}
+
+
+def test_grid_cells_and_their_stages():
+    cells = report.grid_cells(GRID)
+    assert cells[:3] == [("random", "fashion_mnist", 1), ("random", "fashion_mnist", 10), ("dc", "fashion_mnist", 1)]
+    assert report.stages(cells[:1]) == ["distill@random-fashion_mnist-1", "evaluate@random-fashion_mnist-1"]
+
+
+def test_rows_get_a_status_and_refused_numbers_are_dropped(results_dir):
+    stale = {"evaluate@random-fashion_mnist-10": "changed deps: results/code/evaluate.json (modified)"}
+    rows = {r["key"]: r for r in report.rows_for(results.collect(results_dir), report.grid_cells(GRID), stale)}
+    assert rows["random-fashion_mnist-1"]["status"] == "ok" and rows["random-fashion_mnist-1"]["acc_mean"] == 52.34
+    assert rows["random-fashion_mnist-10"]["status"] == "stale"
+    assert rows["random-fashion_mnist-10"]["acc_mean"] is None                      # never shown
+    assert "`dvc repro evaluate@random-fashion_mnist-10`" in rows["random-fashion_mnist-10"]["why"]
+    assert rows["dsa-fashion_mnist-10"]["status"] == "stale"                        # evaluated another set
+    assert "evaluated another synthetic set" in rows["dsa-fashion_mnist-10"]["why"]
+    assert rows["dc-fashion_mnist-1"]["status"] == "not run"                       # evaluated, never distilled
+    assert rows["dc-fashion_mnist-10"]["status"] == "not run"                      # distilled, not evaluated
+    assert rows["herding-fashion_mnist-1"]["status"] == "not run"                  # nothing at all
+    assert "zzz-fashion_mnist-10" not in rows and "random-mnist-1" not in rows     # outside the grid
+
+
+def test_table_cells_exact(results_dir):
+    stale = {"distill@random-fashion_mnist-10": "changed params: methods.random"}
+    rows = report.rows_for(results.collect(results_dir), report.grid_cells(GRID), stale)
+    md = report.table_markdown(rows, "fashion_mnist", checked=True)
     header, acc = _table_rows(md, "| method | IPC")
     assert header == ["method", "IPC 1", "IPC 10"]
-    assert list(acc) == ["random", "dc", "dsa", "zzz"]  # fixed order first, the rest alphabetical
-    assert acc["random"] == ["52.3 ± 3.1 (51.4 ± 3.8)", "71.2 ± 0.5 (73.8 ± 0.7)"]
-    assert acc["dc"] == ["70.0 ± 0.4 (70.5 ± 0.6)", "- (82.3 ± 0.4)"]  # dc IPC 10 distilled, not evaluated
-    assert acc["dsa"] == ["- (70.6 ± 0.6)", "84.0 ± 0.2 (86.6 ± 0.3[^1])"]
-    assert acc["zzz"] == ["-", "60.0 ± 1.0 (-)"]  # nothing published, nothing run -> "-"
-    assert "[^1]: dsa IPC 10: the DSA paper prints 84.6" in md
-    assert "Whole training set (published): 93.5 ± 0.1." in md
+    assert list(acc) == ["random", "herding", "dc", "dsa", "dm"]   # fixed order of families
+    assert acc["random"][0] == "52.3 ± 3.1 (51.4 ± 3.8)"
+    assert acc["random"][1].startswith("stale[^") and acc["random"][1].endswith("(73.8 ± 0.7)")
+    assert acc["dc"] == ["not run (70.5 ± 0.6)", "not run (82.3 ± 0.4)"]
+    assert acc["herding"] == ["not run (67.0 ± 1.9)", "not run (71.1 ± 0.7)"]
+    assert acc["dm"][1].startswith("76.0 ± 0.5[^") and acc["dm"][0] == "not run (-)"
+    assert "rerun `dvc repro distill@random-fashion_mnist-10`: changed params: methods.random" in md
+    assert "dm IPC 10: cut by the wall-clock cap after 20 of 400 iterations" in md
+    assert "dsa IPC 10: the DSA paper prints 84.6" in md
+    assert "Whole training set (published): 93.5 ± 0.1. Profile: quick." in md
+    assert "checked against `dvc.lock`" in md
+    assert "not checked" in report.table_markdown(rows, "fashion_mnist", checked=False)
 
 
-def test_cost_table_and_provenance(results):
-    md = report.table_markdown(report.collect(results), "fashion_mnist")
-    header, cost = _table_rows(md, "| method | IPC 1 time")
-    assert header[1:5] == ["IPC 1 time (s)", "IPC 1 mem (MB)", "IPC 1 device", "IPC 1 profile"]
-    assert cost["random"] == ["0", "512", "cpu", "quick", "0", "531", "cpu", "quick"]
-    assert cost["dc"] == ["-", "-", "-", "paper", "1234", "2048", "cpu", "quick"]  # eval-only: no cost
-    assert cost["zzz"][:4] == ["-", "-", "-", "-"]
-    assert "- git commit(s): abc1234, def5678" in md
-    assert "- torch: 2.14.1" in md
+def test_provenance_section(results_dir):
+    rows = report.rows_for(results.collect(results_dir), report.grid_cells(GRID), {})
+    md = report.table_markdown(rows, "fashion_mnist")
+    assert "- code version: abc1234, def5678 (every cell)" in md
+    assert "- torch: 2.14.1" in md and "- device: AVX512, 2 threads, cpu (x86_64, 2 threads)" in md
     _, protocols = _table_rows(md, "| eval profile")
     assert protocols["quick"][:6] == ["300", "0.01", "256", "True", "full", "2"]
-    assert protocols["quick"][6] == "momentum=0.9" and protocols["paper"][7] == "dc@1"
-    assert "- random IPC 10 (profile quick, 20 iterations, seed 0): lr_img=0.1" in md
-    assert "- dc IPC 10 (profile quick" in md and "- dc IPC 1 " not in md  # only distilled sets have params
+    assert protocols["quick"][6] == "momentum=0.9" and protocols["quick"][7] == "random@1, random@10, dm@10"
+    assert "- dm IPC 10 (profile quick, 20 of 400 iterations, seed 0): lr_img=0.1" in md
+    assert "dc IPC 10" not in md   # a cell that is not shown has no provenance line either
 
 
-# --- figures and files ----------------------------------------------------------------------------------
-
-def test_to_pixels_undoes_normalisation():
-    pixels = torch.rand(3, 3, 4, 4)
-    mean, std = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-    normalised = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    back = report.to_pixels(normalised, mean, std)
-    assert back.shape == (3, 4, 4, 3)
-    assert torch.allclose(torch.from_numpy(back), pixels.permute(0, 2, 3, 1), atol=1e-6)
-    scaled = report.to_pixels(torch.tensor([[[[-2.0, 0.0], [2.0, 6.0]]]]))  # min-max per image
-    assert scaled[0, :, :, 0].tolist() == [[0.0, 0.25], [0.5, 1.0]]
+def test_cost_page_lists_measured_costs(results_dir):
+    rows = report.rows_for(results.collect(results_dir), report.grid_cells(GRID), {})
+    md = report.cost_markdown(rows, "fashion_mnist")
+    header, cost = _table_rows(md, "| method | IPC 1")
+    assert header[1:5] == ["IPC 1 distill (s)", "IPC 1 peak mem (MB)", "IPC 1 eval (s)", "IPC 1 device"]
+    assert cost["random"] == ["0", "512", "5", "cpu (x86_64, 2 threads)", "0", "531", "5", "cpu (x86_64, 2 threads)"]
+    assert cost["dm"][:4] == ["-"] * 4 and cost["dm"][4:6] == ["150", "900"]
 
 
-def test_image_grid_layout(tmp_path):
-    images, labels = torch.randn(20, 1, 28, 28), torch.arange(20) % 2  # 2 classes x 10 images
-    path = report.image_grid(images, labels, tmp_path / "grid.png", class_names=["top", "trouser"])
-    assert path.read_bytes().startswith(PNG_SIGNATURE)
-    # figure = (1.5 + 0.6 * columns) x (0.3 + 0.6 * rows) inches at 100 dpi
-    assert matplotlib.image.imread(path).shape[:2] == (150, 750)
-    few = report.image_grid(images, labels, tmp_path / "few.png", max_per_class=3)
-    assert matplotlib.image.imread(few).shape[:2] == (150, 330)
-    # soft labels: rows follow the argmax (3 classes x 2 images), not the raw probabilities
-    soft = torch.full((6, 3), 0.1) + 0.7 * torch.nn.functional.one_hot(torch.tensor([0, 0, 1, 1, 2, 2]), 3)
-    rows3 = report.image_grid(images[:6], soft, tmp_path / "soft.png")
-    assert matplotlib.image.imread(rows3).shape[:2] == (210, 270)
-    with pytest.raises(ValueError, match="1 or 3"):
-        report.image_grid(torch.randn(4, 2, 8, 8), torch.arange(4), tmp_path / "bad.png")
+def test_stage_times_from_executed_notebooks(tmp_path):
+    for rel, seconds in (("distill/dm-fashion_mnist-1.ipynb", 40.04), ("prepare/fashion_mnist.ipynb", 9.0),
+                         ("report.ipynb", 12.0)):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(json.dumps({"metadata": {"papermill": {"duration": seconds}}, "cells": []}))
+    (tmp_path / "zca").mkdir()
+    (tmp_path / "zca" / "fashion_mnist.ipynb").write_text(json.dumps({"metadata": {}, "cells": []}))  # never ran
+    assert report.stage_times(tmp_path) == {"distill@dm-fashion_mnist-1": 40.0, "prepare@fashion_mnist": 9.0,
+                                            "report": 12.0}
 
 
-def test_plots_write_png(results, tmp_path):
-    rows = report.collect(results)
-    for plot in (report.plot_acc_vs_ipc, report.plot_acc_vs_cost):
-        path = plot(rows, "fashion_mnist", tmp_path / f"{plot.__name__}.png")
-        assert path.read_bytes().startswith(PNG_SIGNATURE)
+def test_plot_data_for_dvc_plots(results_dir, tmp_path):
+    rows = report.rows_for(results.collect(results_dir), report.grid_cells(GRID), {})
+    acc_path, loss_path = report.plot_data(rows, tmp_path)
+    acc = json.loads(acc_path.read_text())
+    assert {(a["method"], a["ipc"], a["accuracy"]) for a in acc} == {("random", 1, 52.34), ("random", 10, 71.2),
+                                                                        ("dm", 10, 76.0)}
+    loss = json.loads(loss_path.read_text())
+    assert {"cell": "dm-fashion_mnist-10", "iteration": 2, "loss": 1.0} in loss
 
 
-def test_write_reports_files_and_determinism(results, tmp_path):
-    written = report.write_reports(results, tmp_path / "reports")
-    expected = {"README.md", "fashion_mnist.md", "mnist.md",
-                "figures/fashion_mnist_acc_vs_ipc.png", "figures/fashion_mnist_acc_vs_cost.png",
-                "figures/mnist_acc_vs_ipc.png", "figures/mnist_acc_vs_cost.png",
-                "figures/grids/random-fashion_mnist-1.png", "figures/grids/random-fashion_mnist-10.png",
-                "figures/grids/dc-fashion_mnist-10.png", "figures/grids/random-mnist-1.png"}
+def test_write_reports_files_and_determinism(results_dir, tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "distill").mkdir(parents=True)
+    (runs / "distill" / "dm-fashion_mnist-10.ipynb").write_text(json.dumps({"metadata": {"papermill": {"duration": 1.5}}}))
+    grid = {**GRID, "datasets": ["fashion_mnist", "mnist"]}
+    written = report.write_reports(results_dir, tmp_path / "reports", grid=grid, stale={}, runs_dir=runs)
     out = tmp_path / "reports"
+    expected = {"README.md", "fashion_mnist.md", "mnist.md", "plots/accuracy.json", "plots/loss.json",
+                "figures/fashion_mnist_acc_vs_ipc.png", "figures/mnist_acc_vs_ipc.png",
+                "costs/fashion_mnist.md", "costs/mnist.md", "costs/stage_times.json",
+                "costs/fashion_mnist_acc_vs_cost.png", "costs/mnist_acc_vs_cost.png",
+                "figures/grids/random-fashion_mnist-1.png", "figures/grids/random-fashion_mnist-10.png",
+                "figures/grids/dm-fashion_mnist-10.png", "figures/grids/random-mnist-1.png"}
     assert {p.relative_to(out).as_posix() for p in written} == expected
     assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == expected
     for name in expected:
@@ -214,27 +261,76 @@ def test_write_reports_files_and_determinism(results, tmp_path):
             assert (out / name).read_bytes().startswith(PNG_SIGNATURE), name
     page = (out / "fashion_mnist.md").read_text()
     assert "![accuracy vs IPC](figures/fashion_mnist_acc_vs_ipc.png)" in page
-    assert "![dc-fashion_mnist-10](figures/grids/dc-fashion_mnist-10.png)" in page
-    assert "- [Fashion-MNIST](fashion_mnist.md)" in (out / "README.md").read_text()
-    again = report.write_reports(results, tmp_path / "again")
+    assert "![dm-fashion_mnist-10](figures/grids/dm-fashion_mnist-10.png)" in page
+    assert "dsa-fashion_mnist-10.png" not in page        # a stale set gets no image either
+    assert "[costs/fashion_mnist.md](costs/fashion_mnist.md)" in page
+    index = (out / "README.md").read_text()
+    assert "- [Fashion-MNIST](fashion_mnist.md): 10 cells: 3 ok, 1 stale, 6 not run" in index
+    times = json.loads((out / "costs" / "stage_times.json").read_text())
+    assert times == {"devices": ["cpu (x86_64, 2 threads)"], "profiles": ["quick"],
+                     "stages": {"distill@dm-fashion_mnist-10": 1.5}}
+    again = report.write_reports(results_dir, tmp_path / "again", grid=grid, stale={}, runs_dir=runs)
     assert [p.read_bytes() for p in written] == [p.read_bytes() for p in again]
 
 
-def test_write_reports_uses_injected_loader(results, tmp_path, monkeypatch):
-    calls, grids, draw = [], [], report.image_grid
+def test_write_reports_without_grid_shows_what_exists(results_dir, tmp_path):
+    report.write_reports(results_dir, tmp_path / "reports")
+    page = (tmp_path / "reports" / "fashion_mnist.md").read_text()
+    assert "| zzz |" in page and "| herding |" not in page
+    assert "were not checked against `dvc.lock`" in page
+
+
+def test_write_reports_uses_injected_loader(results_dir, tmp_path, monkeypatch):
+    calls, grids, draw = [], [], figures.image_grid
 
     def loader(path):
         calls.append(Path(path).parent.name)
         soft = torch.softmax(torch.randn(6, 3), 1)  # soft labels: the grid takes the argmax
-        zca = Path(path).parent.name == "dc-fashion_mnist-10"
+        zca = Path(path).parent.name == "dm-fashion_mnist-10"
         return SimpleNamespace(images=torch.randn(6, 1, 8, 8), labels=soft, zca=zca)
 
     def spy(images, labels, path, **kwargs):
         grids.append((Path(path).stem, kwargs["mean"]))
         return draw(images, labels, path, **kwargs)
 
-    monkeypatch.setattr(report, "image_grid", spy)
-    report.write_reports(results, tmp_path / "reports", synset_loader=loader)
-    assert calls == ["random-fashion_mnist-1", "random-fashion_mnist-10", "dc-fashion_mnist-10", "random-mnist-1"]
+    monkeypatch.setattr(figures, "image_grid", spy)
+    report.write_reports(results_dir, tmp_path / "reports", grid=GRID, stale={}, synset_loader=loader)
+    assert calls == ["random-fashion_mnist-1", "random-fashion_mnist-10", "dm-fashion_mnist-10"]
     # ZCA-space images cannot be un-normalised with mean/std: the grid must fall back to per-image scaling
-    assert dict(grids)["dc-fashion_mnist-10"] is None
+    assert dict(grids)["dm-fashion_mnist-10"] is None and dict(grids)["random-fashion_mnist-1"] is not None
+
+
+# --- figures ------------------------------------------------------------------------------------------
+
+def test_to_pixels_undoes_normalisation():
+    pixels = torch.rand(3, 3, 4, 4)
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+    normalised = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    back = figures.to_pixels(normalised, mean, std)
+    assert back.shape == (3, 4, 4, 3)
+    assert torch.allclose(torch.from_numpy(back), pixels.permute(0, 2, 3, 1), atol=1e-6)
+    scaled = figures.to_pixels(torch.tensor([[[[-2.0, 0.0], [2.0, 6.0]]]]))  # min-max per image
+    assert scaled[0, :, :, 0].tolist() == [[0.0, 0.25], [0.5, 1.0]]
+
+
+def test_image_grid_layout(tmp_path):
+    images, labels = torch.randn(20, 1, 28, 28), torch.arange(20) % 2  # 2 classes x 10 images
+    path = figures.image_grid(images, labels, tmp_path / "grid.png", class_names=["top", "trouser"])
+    assert path.read_bytes().startswith(PNG_SIGNATURE)
+    # figure = (1.5 + 0.6 * columns) x (0.3 + 0.6 * rows) inches at 100 dpi
+    assert matplotlib.image.imread(path).shape[:2] == (150, 750)
+    few = figures.image_grid(images, labels, tmp_path / "few.png", max_per_class=3)
+    assert matplotlib.image.imread(few).shape[:2] == (150, 330)
+    # soft labels: rows follow the argmax (3 classes x 2 images), not the raw probabilities
+    soft = torch.full((6, 3), 0.1) + 0.7 * torch.nn.functional.one_hot(torch.tensor([0, 0, 1, 1, 2, 2]), 3)
+    rows3 = figures.image_grid(images[:6], soft, tmp_path / "soft.png")
+    assert matplotlib.image.imread(rows3).shape[:2] == (210, 270)
+    with pytest.raises(ValueError, match="1 or 3"):
+        figures.image_grid(torch.randn(4, 2, 8, 8), torch.arange(4), tmp_path / "bad.png")
+
+
+def test_plots_write_png(results_dir, tmp_path):
+    rows = list(results.collect(results_dir).values())
+    ipc = figures.plot_acc_vs_ipc(rows, "fashion_mnist", tmp_path / "ipc.png", published)
+    cost = figures.plot_acc_vs_cost(rows, "fashion_mnist", tmp_path / "cost.png")
+    assert ipc.read_bytes().startswith(PNG_SIGNATURE) and cost.read_bytes().startswith(PNG_SIGNATURE)

@@ -3,30 +3,34 @@
 Every method module exposes `ID`, a frozen `Config` dataclass whose defaults are the paper's values, and
 `distill(real, cfg, *, ipc, device, seed, checkpoint=None) -> SyntheticSet`. Three shapes occur: selection
 (random, herding, kcenter), single-level matching (dm) and bilevel matching with an inner loop (dc, dsa).
+
+The registry is lazy: a method's module is imported when it is asked for, so running one method never
+imports (or depends on) another family's code; sources.py relies on that to give each pipeline stage
+exactly the files it runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from pathlib import Path
 from types import ModuleType
 
 from .. import runtime
 from ..data import LabeledImages
 from ..synset import SyntheticSet
-from . import dc, dm, dsa, herding, kcenter, random
 
-REGISTRY: dict[str, ModuleType] = {m.ID: m for m in (random, herding, kcenter, dm, dc, dsa)}
+IDS = ("random", "herding", "kcenter", "dm", "dc", "dsa")
 
 
 def available() -> list[str]:
-    return list(REGISTRY)
+    return list(IDS)
 
 
 def get(name: str) -> ModuleType:
-    if name not in REGISTRY:
+    if name not in IDS:
         raise ValueError(f"unknown method {name!r}; available: {available()}")
-    return REGISTRY[name]
+    return importlib.import_module(f"{__name__}.{name}")
 
 
 def make_config(name: str, params: dict | None = None):

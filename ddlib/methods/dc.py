@@ -32,7 +32,7 @@ PAPER_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15)
 
 @dataclass(frozen=True)
 class Config:
-    iterations: int = 1000          # outer iterations, each with a fresh network
+    iterations: int | dict = 1000   # outer iterations, each with a fresh network; {ipc: n} in the quick profile
     lr_img: float = 0.1             # SGD on pixels, momentum 0.5
     momentum: float = 0.5
     lr_net: float = 0.01            # inner-loop SGD on the network (no momentum)
@@ -43,13 +43,15 @@ class Config:
     distance: str = "ours"          # "ours" (layer-wise), "mse" or "cos"
     dsa: bool = False               # Siamese DSA in matching + DSA in the inner loop (= the DSA method)
     loops: dict = field(default_factory=lambda: dict(PAPER_LOOPS))   # ipc -> (outer_loop, inner_loop)
-    time_budget_s: float | dict | None = None   # seconds, or {ipc: seconds}; quick profile stops there
+    time_budget_s: float | dict | None = None   # optional wall-clock cap (s or {ipc: s}); off in every profile
     checkpoint_every: int = 10
 
     def __post_init__(self):
         if self.distance not in ("ours", "mse", "cos"):
             raise ValueError(f"unknown distance {self.distance!r}; expected 'ours', 'mse' or 'cos'")
-        if self.iterations < 0 or self.batch_real < 1 or self.lr_img <= 0:
+        loop.check_budget(self.iterations, "iterations")
+        loop.check_budget(self.time_budget_s, "time_budget_s", allow_none=True)
+        if self.batch_real < 1 or self.lr_img <= 0:
             raise ValueError(f"invalid {type(self).__module__} config: {self}")
         object.__setattr__(self, "loops", {int(k): tuple(v) for k, v in self.loops.items()})
 

@@ -26,18 +26,20 @@ ID = "dm"
 
 @dataclass(frozen=True)
 class Config:
-    iterations: int = 20_000        # outer iterations (paper)
+    iterations: int | dict = 20_000  # outer iterations (paper); {ipc: n} in the quick profile
     lr_img: float = 1.0             # SGD on pixels, momentum 0.5
     momentum: float = 0.5
     batch_real: int = 256           # real images per class per iteration
     init: str = "real"              # "real" or "noise"
     model: str = "convnet"
     dsa: bool = True                # Siamese DSA inside the matching
-    time_budget_s: float | dict | None = None   # seconds, or {ipc: seconds}; quick profile stops there
+    time_budget_s: float | dict | None = None   # optional wall-clock cap (s or {ipc: s}); off in every profile
     checkpoint_every: int = 500
 
     def __post_init__(self):
-        if self.iterations < 0 or self.batch_real < 1 or self.lr_img <= 0:
+        loop.check_budget(self.iterations, "iterations")
+        loop.check_budget(self.time_budget_s, "time_budget_s", allow_none=True)
+        if self.batch_real < 1 or self.lr_img <= 0:
             raise ValueError(f"invalid DM config: {self}")
 
 

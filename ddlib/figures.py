@@ -1,0 +1,145 @@
+"""Figures: image grids of synthetic sets, accuracy-vs-IPC, accuracy-vs-cost and loss curves (PNG).
+
+Matplotlib's object API only (no pyplot), so importing this module never switches the backend of a notebook
+that imports it; PNGs carry no version metadata, so the same data gives the same bytes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import seaborn as sns
+import torch
+from matplotlib.figure import Figure
+
+
+METHOD_ORDER = ("random", "herding", "kcenter", "dc", "dsa", "dm")  # baselines first, then by family
+DATASET_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "svhn": "SVHN", "cifar10": "CIFAR-10",
+                 "cifar100": "CIFAR-100", "tinyimagenet": "TinyImageNet"}
+MIN_SECONDS = 0.01  # log-x cannot show 0 s (random selection); such points are drawn here and flagged
+
+
+def method_rank(method: str) -> tuple[int, str]:
+    """Sort key: the fixed order of METHOD_ORDER first, every other method after it alphabetically."""
+    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
+
+
+def _palette(rows: list[dict]) -> dict[str, tuple]:
+    methods = sorted({r["method"] for r in rows}, key=method_rank)
+    return dict(zip(methods, sns.color_palette("tab10", max(len(methods), 1))))
+
+
+def _new_axes():
+    with sns.axes_style("whitegrid"):  # style applied only to the axes created inside this block
+        fig = Figure(figsize=(6.0, 4.0), dpi=100)
+        return fig, fig.add_subplot()
+
+
+def plot_acc_vs_ipc(rows: list[dict], dataset: str, path: str | Path, published) -> Path:
+    """Accuracy vs IPC (log-x), one line per method; hollow markers = `published(method, dataset, ipc)`."""
+    rows = [r for r in rows if r["dataset"] == dataset]
+    fig, ax = _new_axes()
+    for m, colour in _palette(rows).items():
+        ours = [r for r in rows if r["method"] == m and r["acc_mean"] is not None]
+        if ours:
+            ax.errorbar([r["ipc"] for r in ours], [r["acc_mean"] for r in ours],
+                        [r["acc_std"] or 0 for r in ours], color=colour, marker="o", capsize=3, label=m)
+        pubs = [(r["ipc"], published(m, dataset, r["ipc"])) for r in rows if r["method"] == m]
+        pubs = [(ipc, p) for ipc, p in pubs if p is not None]
+        if pubs:
+            # shifted 5% right on the log axis so a published error bar does not hide ours
+            ax.errorbar([i * 1.05 for i, _ in pubs], [p.mean for _, p in pubs], [p.std or 0 for _, p in pubs],
+                        color=colour, marker="o", mfc="none", linestyle="none", capsize=3,
+                        label=None if ours else f"{m} (published only)")
+    if (whole := published("whole", dataset, None)) is not None:
+        ax.axhline(whole.mean, color="grey", linestyle=":", label="whole set (published)")
+    ipcs = sorted({r["ipc"] for r in rows})
+    ax.set_xscale("log")
+    ax.set_xticks(ipcs, [str(i) for i in ipcs])
+    ax.set_xticks([], minor=True)  # log axes add unlabelled minor ticks between IPCs; they only add clutter
+    ax.set(xlabel="images per class", ylabel="test accuracy (%)",
+           title=f"{DATASET_NAMES.get(dataset, dataset)}: filled = ours, hollow = published")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_acc_vs_cost(rows: list[dict], dataset: str, path: str | Path) -> Path:
+    """Accuracy vs distillation wall time (log-x), one labelled point per (method, ipc)."""
+    rows = [r for r in rows if r["dataset"] == dataset and r["acc_mean"] is not None and r["wall_time_s"] is not None]
+    fig, ax = _new_axes()
+    colours = _palette(rows)
+    for r in rows:
+        x = max(r["wall_time_s"], MIN_SECONDS)
+        ax.errorbar(x, r["acc_mean"], r["acc_std"] or 0, color=colours[r["method"]], marker="o", capsize=3)
+        ax.annotate(f"{r['method']} {r['ipc']}", (x, r["acc_mean"]), textcoords="offset points", xytext=(4, 4),
+                    fontsize="small")
+    clipped = any(r["wall_time_s"] < MIN_SECONDS for r in rows)
+    ax.set_xscale("log")
+    ax.set(xlabel="distillation wall time (s)" + (f", < {MIN_SECONDS} s drawn at {MIN_SECONDS}" if clipped else ""),
+           ylabel="test accuracy (%)", title=f"{DATASET_NAMES.get(dataset, dataset)}: accuracy vs cost")
+    return _save(fig, path)
+
+
+def to_pixels(images: torch.Tensor, mean=None, std=None) -> np.ndarray:
+    """(N, C, H, W) normalised -> (N, H, W, C) in [0, 1]: undo mean/std, else min-max scale each image."""
+    x = images.detach().float().cpu()
+    if mean is not None and std is not None:
+        x = x * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
+    else:
+        lo, hi = x.amin((1, 2, 3), keepdim=True), x.amax((1, 2, 3), keepdim=True)
+        x = (x - lo) / (hi - lo).clamp_min(1e-8)  # a constant image would divide by zero
+    return x.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def image_grid(images: torch.Tensor, labels: torch.Tensor, path: str | Path | None = None, *, class_names=None,
+               mean=None, std=None, max_per_class: int = 10) -> Path | Figure:
+    """One row per class of up to `max_per_class` images (N, C, H, W), shown in pixel space; saved to `path`
+    as PNG, or returned as a Figure when `path` is None (for display in a notebook).
+
+    Args:
+        mean, std: per-channel normalisation to undo; without them (e.g. ZCA space) each image is
+            min-max scaled on its own so its structure is visible.
+        labels: hard (N,) or soft (N, K) labels (soft -> argmax).
+    """
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must be (N, 1 or 3, H, W), got shape {tuple(images.shape)}")
+    x = to_pixels(images, mean, std)
+    y = labels.detach().cpu()
+    y = y.argmax(1) if y.dim() == 2 else y.long()
+    classes = sorted(set(y.tolist()))
+    cols, (h, w, c), pad = min(max_per_class, max(int((y == k).sum()) for k in classes)), x.shape[1:], 2
+    # One mosaic image instead of rows x cols subplots: CIFAR-100 would otherwise need 1000 axes.
+    mosaic = np.ones((len(classes) * (h + pad), cols * (w + pad), c), dtype=np.float32)
+    for row, k in enumerate(classes):
+        for col, i in enumerate(torch.nonzero(y == k).flatten()[:cols].tolist()):
+            mosaic[row * (h + pad):row * (h + pad) + h, col * (w + pad):col * (w + pad) + w] = x[i]
+    fig = Figure(figsize=(1.5 + 0.6 * cols, 0.3 + 0.6 * len(classes)), dpi=100)
+    ax = fig.add_subplot()
+    ax.imshow(mosaic[..., 0] if c == 1 else mosaic, cmap="gray" if c == 1 else None, vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([row * (h + pad) + h / 2 for row in range(len(classes))],
+                  [class_names[k] if class_names else str(k) for k in classes])
+    fig.tight_layout()
+    return fig if path is None else _save(fig, path)
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", metadata={"Software": None})  # no version string: same bytes across mpl updates
+    return path
+
+
+def plot_loss(synset, path: str | Path) -> Path | None:
+    """Distillation loss per iteration (iterative methods only)."""
+    history = synset.provenance.get("loss_history") or []
+    if not history:
+        return None
+    fig = Figure(figsize=(5.0, 3.0))
+    ax = fig.add_subplot()
+    ax.plot([i for i, _ in history], [v for _, v in history], lw=1)
+    ax.set(xlabel="iteration", ylabel="matching loss", title=f"{synset.method} IPC {synset.ipc}")
+    fig.tight_layout()
+    return _save(fig, path)
