@@ -306,6 +306,7 @@ class LabeledImages:
     x: torch.Tensor
     y: torch.Tensor
     spec: DatasetSpec
+    zca: bool = False    # True: [0, 1] pixels whitened by the training split's ZCA (zca.load_split), not mean/std
     _by_class: list[torch.Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -330,7 +331,7 @@ class LabeledImages:
 
     def to(self, device: str | torch.device) -> LabeledImages:
         """The same split on another device (the cached class indices stay on the CPU)."""
-        moved = LabeledImages(self.x.to(device), self.y.to(device), self.spec)
+        moved = LabeledImages(self.x.to(device), self.y.to(device), self.spec, self.zca)
         moved._by_class = self._by_class
         return moved
 
@@ -340,7 +341,7 @@ class LabeledImages:
             return self
         keep = torch.cat([idx[torch.randperm(len(idx), generator=gen)[:n_per_class]] for idx in self.class_indices()])
         keep = keep.to(self.x.device)
-        return LabeledImages(self.x[keep], self.y[keep], self.spec)
+        return LabeledImages(self.x[keep], self.y[keep], self.spec, self.zca)
 
 
 def _channel_stats(spec: DatasetSpec, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

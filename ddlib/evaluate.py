@@ -4,8 +4,10 @@ DC-family recipe (methods.md §1.3): ConvNet, SGD lr 0.01, momentum 0.9, weight 
 lr x0.1 at epoch//2+1, 300 epochs without augmentation or 1000 with DSA (per-sample parameters at train
 time), accuracy measured once at the end. Reported as mean ± std over k seeds (population std, as in DC).
 The accuracy of the *last* epoch is reported; nothing is ever selected by test accuracy.
-Options for later families: `lr="learned"` uses the set's learned step size (MTT), soft labels train with
-soft cross-entropy. Difference from the reference code: DC runs `epochs + 1` passes; we run `epochs`.
+A set that learned its evaluation step size (the MTT family) is trained with it, as those papers evaluate
+(`learned_lr`; lr="learned" insists on one); soft labels train with soft cross-entropy; a ZCA-space set is
+tested on the ZCA-whitened test split (anything else is refused). Difference from the reference code: DC
+runs `epochs + 1` passes; we run `epochs`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from .train import accuracy, fit
 class Protocol:
     model: str = "convnet"
     epochs: int | None = None        # None -> 1000 with DSA, 300 without (DC-family rule)
-    lr: float | str = 0.01           # or "learned": use SyntheticSet.lr
+    lr: float | str = 0.01           # or "learned": use SyntheticSet.lr, and fail without one
+    learned_lr: bool = True          # a set with a learned step size (MTT family) is trained with it
     batch_size: int = 256
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -55,11 +58,11 @@ def protocol(all_params: dict, profile: str | None = None) -> Protocol:
 
 
 def _eval_lr(synset: SyntheticSet, protocol: Protocol) -> float:
-    if protocol.lr != "learned":
-        return float(protocol.lr)
-    if synset.lr is None:
+    if protocol.lr == "learned" and synset.lr is None:
         raise ValueError(f"protocol asks for the learned lr but {synset.method!r} did not learn one")
-    return float(synset.lr)
+    if protocol.lr == "learned" or (protocol.learned_lr and synset.lr is not None):
+        return float(synset.lr)
+    return float(protocol.lr)
 
 
 def evaluate(synset: SyntheticSet, test: LabeledImages, protocol: Protocol = Protocol(), *,
@@ -69,6 +72,9 @@ def evaluate(synset: SyntheticSet, test: LabeledImages, protocol: Protocol = Pro
     lr = _eval_lr(synset, protocol)
     if synset.dataset != test.spec.name:
         raise ValueError(f"synthetic set is for {synset.dataset!r} but the test split is {test.spec.name!r}")
+    if synset.zca != test.zca:
+        raise ValueError(f"the {synset.method!r} set is {'in' if synset.zca else 'not in'} ZCA space but the test split "
+                         f"is {'whitened' if test.zca else 'not'}; load it with zca.load_split(..., whiten={synset.zca})")
     if protocol.test_subset:  # fixed subset, independent of the evaluation seed
         test = test.subset(protocol.test_subset, torch.Generator().manual_seed(12345))
     x_test, y_test = test.x.to(device), test.y.to(device)

@@ -14,7 +14,7 @@ import torch
 from matplotlib.figure import Figure
 
 
-METHOD_ORDER = ("random", "herding", "kcenter", "dc", "dsa", "dm")  # baselines first, then by family
+METHOD_ORDER = ("random", "herding", "kcenter", "dc", "dsa", "dm", "mtt", "ftd", "tesla", "datm")  # by family
 DATASET_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "svhn": "SVHN", "cifar10": "CIFAR-10",
                  "cifar100": "CIFAR-100", "tinyimagenet": "TinyImageNet"}
 MIN_SECONDS = 0.01  # log-x cannot show 0 s (random selection); such points are drawn here and flagged
@@ -141,5 +141,39 @@ def plot_loss(synset, path: str | Path) -> Path | None:
     ax = fig.add_subplot()
     ax.plot([i for i, _ in history], [v for _, v in history], lw=1)
     ax.set(xlabel="iteration", ylabel="matching loss", title=f"{synset.method} IPC {synset.ipc}")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_expert_curves(index: dict, path: str | Path) -> Path:
+    """Test accuracy after every epoch of each expert of a buffers index (thin lines) and their mean."""
+    accs = np.array(index["test_acc"], dtype=float)           # (experts, epochs + 1)
+    fig, ax = _new_axes()
+    epochs = np.arange(accs.shape[1])
+    for row in accs:
+        ax.plot(epochs, row, color="tab:blue", alpha=0.3, lw=1)
+    ax.plot(epochs, accs.mean(0), color="tab:blue", lw=2, label=f"mean of {len(accs)} experts")
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)",
+           title=f"{DATASET_NAMES.get(index['dataset'], index['dataset'])}: experts '{index['name']}' "
+                 f"({index['train_images']} training images)")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_unroll(rows: list[dict], path: str | Path) -> Path:
+    """bench/bench_unroll.py's measurements: peak memory and time per iteration against the unroll length."""
+    with sns.axes_style("whitegrid"):
+        fig = Figure(figsize=(9.0, 3.6), dpi=100)
+        memory, seconds = fig.subplots(1, 2)
+    for method, colour in (("mtt", "tab:red"), ("tesla", "tab:blue")):
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["syn_steps"])
+        steps = [r["syn_steps"] for r in mine]
+        memory.plot(steps, [r["peak_mem_mb"] for r in mine], marker="o", color=colour, label=method)
+        seconds.plot(steps, [r["iteration_s"] for r in mine], marker="o", color=colour, label=method)
+    device = rows[0]["device"] if rows else "-"
+    memory.set(xlabel="unrolled student steps (syn_steps)", ylabel="peak memory of an iteration (MB)",
+               title=f"memory ({device})")
+    seconds.set(xlabel="unrolled student steps (syn_steps)", ylabel="seconds per iteration", title="time")
+    memory.legend(fontsize="small")
     fig.tight_layout()
     return _save(fig, path)

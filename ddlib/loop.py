@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 from tqdm.std import tqdm
 
-from . import provenance, runtime
+from . import params, provenance, runtime
 from .synset import SyntheticSet
 
 
@@ -40,10 +40,12 @@ class State:
 
     x_syn: torch.Tensor                # (N, C, H, W) leaf tensor with requires_grad
     y_syn: torch.Tensor                # (N,) hard labels or (N, K) soft labels
-    opt: torch.optim.Optimizer         # optimizer over x_syn (and any learned extras)
+    opt: torch.optim.Optimizer         # optimizer over x_syn (and any learned extras, one param group each)
     gen: torch.Generator               # every random draw of the method comes from here
     iteration: int = 0
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)   # e.g. a learned lr
+    # checkpointed with the state; `distill` packages three names: "lr" (a learned evaluation step size),
+    # "labels" (learned label logits: the set gets their softmax) and "ema" (images evaluated instead of x_syn)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def state_dict(self) -> dict:
         return {"x_syn": self.x_syn.detach().cpu(), "y_syn": self.y_syn.detach().cpu(),
@@ -61,20 +63,47 @@ class State:
         self.iteration = d["iteration"]
 
 
-def update(state: State, loss: torch.Tensor) -> float:
-    """One guarded optimizer step on the synthetic data; returns the loss value."""
-    value = loss.item()
+def check_finite(value: float, state: State) -> float:
     if not math.isfinite(value):
         raise NonFiniteError(f"non-finite distillation loss ({value}) at iteration {state.iteration}; "
                              "try a smaller lr_img — the images were not updated")
-    state.opt.zero_grad(set_to_none=True)
-    loss.backward()
+    return value
+
+
+def _guarded_step(state: State) -> None:
     for group in state.opt.param_groups:
         for p in group["params"]:
             if p.grad is not None and not torch.isfinite(p.grad).all():
                 raise NonFiniteError(f"non-finite gradient at iteration {state.iteration}; images not updated")
     state.opt.step()
+
+
+def update(state: State, loss: torch.Tensor) -> float:
+    """One guarded optimizer step on the synthetic data; returns the loss value."""
+    value = check_finite(loss.item(), state)
+    state.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    _guarded_step(state)
     return value
+
+
+def update_with(state: State, value: float, grads: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """The same guarded step from gradients computed by other means (e.g. unroll.adjoint)."""
+    check_finite(value, state)
+    state.opt.zero_grad(set_to_none=True)
+    for param, grad in grads:
+        param.grad = grad
+    _guarded_step(state)
+    return value
+
+
+def learn(state: State, name: str, value: torch.Tensor, *, lr: float, momentum: float) -> torch.Tensor:
+    """Make `value` a learned leaf beside the images (MTT's step size, DATM's labels): its own SGD param
+    group in state.opt, kept in state.extra[name] so checkpoints carry it."""
+    leaf = value.detach().clone().to(state.x_syn.device).requires_grad_(True)
+    state.opt.add_param_group({"params": [leaf], "lr": lr, "momentum": momentum})
+    state.extra[name] = leaf
+    return leaf
 
 
 def fingerprint(**config) -> str:
@@ -159,12 +188,12 @@ def run(state: State, step: Callable[[State], float], *, iterations: int, device
 
 def finish(x: torch.Tensor, y: torch.Tensor, *, method: str, real, ipc: int, params: dict, device: torch.device,
            seed: int, wall_time_s: float, peak_mem_mb: float, iterations: int = 0, lr: float | None = None,
-           extra: dict | None = None) -> SyntheticSet:
+           zca: bool = False, extra: dict | None = None) -> SyntheticSet:
     """Package the result of any method (selection or optimisation) as a SyntheticSet with provenance."""
     prov = {**provenance.record(device), "seed": seed, "wall_time_s": wall_time_s, "peak_mem_mb": peak_mem_mb,
             "iterations": iterations, **(extra or {})}
     return SyntheticSet(images=x.detach().cpu().float(), labels=y.detach().cpu(), method=method,
-                        dataset=real.spec.name, ipc=ipc, lr=lr, params=params, provenance=prov)
+                        dataset=real.spec.name, ipc=ipc, lr=lr, zca=zca, params=params, provenance=prov)
 
 
 def init_state(real, ipc: int, *, init: str, lr_img: float, momentum: float, gen: torch.Generator,
@@ -184,43 +213,30 @@ def init_state(real, ipc: int, *, init: str, lr_img: float, momentum: float, gen
     return State(x_syn=x_syn, y_syn=y_syn, opt=opt, gen=gen)
 
 
-def check_budget(value, name: str, *, allow_none: bool = False) -> None:
-    """A budget is a number >= 0 or {ipc: number >= 0} (None only where the budget is optional)."""
-    values = value.values() if isinstance(value, dict) else [value]
-    for v in values:
-        if v is None and allow_none:
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            raise ValueError(f"{name} must be a number >= 0 or {{ipc: number}}, got {value!r}")
-
-
-def per_ipc(value, ipc: int, name: str):
-    """A budget given as one value or as {ipc: value} (the quick profile budgets each IPC)."""
-    if isinstance(value, dict):
-        if ipc not in value:
-            raise ValueError(f"{name} has no entry for ipc={ipc}: {value}; add one to the profile's block in "
-                             "params.yaml")
-        return value[ipc]
-    return value
-
-
 def new_seed(gen: torch.Generator) -> int:
     """A fresh integer seed drawn from the method's generator (for network initialisations)."""
     return int(torch.randint(2**62, (1,), generator=gen))
 
 
 def distill(method: str, step: Callable[[State], float], real, cfg, *, ipc: int, device: torch.device, seed: int,
-            checkpoint: str | Path | None = None) -> SyntheticSet:
-    """The whole life of an iterative method: init the synthetic set from `cfg`, run `step`, package it."""
+            checkpoint: str | Path | None = None, setup: Callable[[State], None] | None = None,
+            zca: bool = False) -> SyntheticSet:
+    """The whole life of an iterative method: init the synthetic set from `cfg` (then `setup(state)`, which may
+    add learned extras or change the init), run `step`, package it (see State.extra for learned extras)."""
     gen = torch.Generator().manual_seed(seed)
     state = init_state(real, ipc, init=cfg.init, lr_img=cfg.lr_img, momentum=cfg.momentum, gen=gen, device=device)
-    iterations = per_ipc(cfg.iterations, ipc, "iterations")
-    budget = per_ipc(cfg.time_budget_s, ipc, "time_budget_s")
+    if setup is not None:
+        setup(state)
+    iterations = params.per_ipc(cfg.iterations, ipc, "iterations")
+    budget = params.per_ipc(cfg.time_budget_s, ipc, "time_budget_s")
     desc = f"{method} ipc{ipc}" + (f" (capped at {budget:g} s)" if budget is not None else "")
     info = run(state, step, iterations=iterations, device=device, checkpoint=checkpoint,
                run_id=fingerprint(method=method, ipc=ipc, seed=seed, **asdict(cfg)),
                checkpoint_every=cfg.checkpoint_every, time_budget_s=budget, desc=desc)
-    return finish(state.x_syn, state.y_syn, method=method, real=real, ipc=ipc, params=asdict(cfg), device=device,
-                  seed=seed, wall_time_s=info.wall_time_s, peak_mem_mb=info.peak_mem_mb, iterations=info.iterations,
+    extra = state.extra
+    labels = torch.softmax(extra["labels"].detach(), 1) if "labels" in extra else state.y_syn
+    return finish(extra.get("ema", state.x_syn), labels, method=method, real=real, ipc=ipc, params=asdict(cfg),
+                  device=device, seed=seed, wall_time_s=info.wall_time_s, peak_mem_mb=info.peak_mem_mb,
+                  iterations=info.iterations, lr=float(extra["lr"]) if "lr" in extra else None, zca=zca,
                   extra={"iterations_planned": iterations, "stopped_by": info.stopped_by,
                          "resumed_from": info.resumed_from, "loss_history": info.history})

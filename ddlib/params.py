@@ -8,10 +8,14 @@ and per-profile override blocks (`quick`, `tiny`) that only shrink budgets.
 
 `resolve(section, profile)` = paper values updated with the profile's overrides. The active profile is the
 top-level `profile` key; switching is `make profile PROFILE=paper` (or `dvc exp run -S profile=paper`).
+
+A value may depend on the IPC: {ipc: value} with integer keys (budgets in the quick profile, and most
+trajectory-matching hyper-parameters); `per_ipc` / `at_ipc` pick the value for one IPC.
 """
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
 from pathlib import Path
 
 import yaml
@@ -60,3 +64,31 @@ def method_params(params: dict, method: str, profile: str | None = None) -> dict
     if method not in methods:
         raise ValueError(f"params.yaml has no section methods.{method}; sections: {sorted(methods)}")
     return resolve(methods[method], profile or params.get("profile", "quick"))
+
+
+def check_budget(value, name: str, *, allow_none: bool = False) -> None:
+    """A budget is a number >= 0 or {ipc: number >= 0} (None only where the budget is optional)."""
+    values = value.values() if isinstance(value, dict) else [value]
+    for v in values:
+        if v is None and allow_none:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ValueError(f"{name} must be a number >= 0 or {{ipc: number}}, got {value!r}")
+
+
+def at_ipc(cfg, ipc: int):
+    """The config with every per-IPC field ({ipc: value}, int keys) replaced by its value at `ipc`."""
+    per = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    per = {k: per_ipc(v, ipc, k) for k, v in per.items() if isinstance(v, dict) and v and all(
+        isinstance(key, int) for key in v)}
+    return replace(cfg, **per)
+
+
+def per_ipc(value, ipc: int, name: str):
+    """A budget given as one value or as {ipc: value} (the quick profile budgets each IPC)."""
+    if isinstance(value, dict):
+        if ipc not in value:
+            raise ValueError(f"{name} has no entry for ipc={ipc}: {value}; add one to the profile's block in "
+                             "params.yaml")
+        return value[ipc]
+    return value

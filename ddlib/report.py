@@ -34,9 +34,30 @@ def grid_cells(grid: dict) -> list[tuple[str, str, int]]:
     return [(m, d, int(i)) for m in grid["methods"] for d in grid["datasets"] for i in grid["ipcs"]]
 
 
-def stages(cells) -> list[str]:
-    """The DVC stages behind the cells' numbers."""
-    return [f"{stage}@{results.key(*cell)}" for cell in cells for stage in ("distill", "evaluate")]
+def stages(grid: dict) -> list[str]:
+    """The DVC stages behind the report's numbers: each cell's distill and evaluate, and the expert buffers."""
+    cells = [f"{stage}@{results.key(*cell)}" for cell in grid_cells(grid) for stage in ("distill", "evaluate")]
+    return cells + [f"buffers@{r}-{d}" for r in grid.get("buffers", []) for d in grid["datasets"]]
+
+
+def experts_markdown(summaries: list[dict], dataset: str, stale: dict[str, str] | None) -> list[str]:
+    """The experts' test accuracy after their last epoch: our whole-dataset figure under our own recipe."""
+    whole = published("whole", dataset, None)
+    out = ["## Whole training set: the experts", "",
+           "Test accuracy (%) of the trajectory-matching experts (the `buffers` stage) after their last epoch, mean ± "
+           f"std over experts: the whole-dataset figure for this ConvNet under our recipe (published whole set: "
+           f"{_pm(whole.mean, whole.std) if whole else '-'}).", ""]
+    for s in summaries:
+        stage = f"buffers@{s['name']}-{dataset}"
+        final = [accs[-1] for accs in s["test_acc"]]
+        mean, std = sum(final) / len(final), (sum((a - sum(final) / len(final)) ** 2 for a in final) / len(final)) ** .5
+        how = ("GSAM " + ", ".join(f"{k} {v}" for k, v in sorted(s["recipe"]["sam"].items())) if s["recipe"]["sam"]
+               else "SGD") + f", lr {s['recipe']['lr_teacher']}"
+        number = f"stale: rerun `dvc repro {stage}` ({stale[stage]})" if stale and stage in stale else _pm(mean, std)
+        out.append(f"- `{s['name']}` ({s.get('profile', '-')} profile; {len(final)} experts x {s['epochs']} epochs on "
+                   f"{s['train_images']} training images, {how}; {s['test_images']} test images): {number}")
+    return out + [""] + [f"![experts {s['name']}](figures/{dataset}_experts_{s['name']}.png)" for s in summaries
+                         if not (stale and f"buffers@{s['name']}-{dataset}" in stale)] + [""]
 
 
 def rows_for(collected: dict[str, dict], cells, stale: dict[str, str] | None) -> list[dict]:
@@ -236,13 +257,14 @@ def _spec(dataset: str):
 
 def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "reports", *, grid: dict | None = None,
                   stale: dict[str, str] | None = None, runs_dir: str | Path | None = None,
-                  synset_loader=None) -> list[Path]:
+                  bench_dir: str | Path | None = None, synset_loader=None) -> list[Path]:
     """Write every page, figure and data file of reports/ (module docstring); returns the paths written.
 
     Args:
         grid: params.yaml's grid; None shows the cells that have results (tests, smoke runs).
         stale: {stage: why} from provenance.stale; None means the results were not checked against dvc.lock.
         runs_dir: the executed notebooks, for reports/costs/stage_times.json (None: not written).
+        bench_dir: bench/ with results-unroll-<device>.json, drawn as reports/costs/unroll-<device>.png.
     """
     collected, out, load = results.collect(results_dir), Path(out_dir), synset_loader or _load_synset
     cells = grid_cells(grid) if grid else [(r["method"], r["dataset"], r["ipc"]) for r in collected.values()]
@@ -258,8 +280,14 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
                                                 out / "costs" / f"{dataset}_acc_vs_cost.png"))
         md = [f"# {name}", "", table_markdown(rows, dataset, checked=stale is not None), "## Figures",
               "", f"![accuracy vs IPC](figures/{dataset}_acc_vs_ipc.png)", "",
-              f"Distillation and evaluation cost: [costs/{dataset}.md](costs/{dataset}.md).", "",
-              "## Synthetic images", ""]
+              f"Distillation and evaluation cost: [costs/{dataset}.md](costs/{dataset}.md).", ""]
+        summaries = [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob(f"buffers/*-{dataset}.json"))]
+        summaries = [s for s in summaries if s["dataset"] == dataset and (not grid or s["name"] in grid.get("buffers", []))]
+        if summaries:
+            md += experts_markdown(summaries, dataset, stale)
+            written += [figures.plot_expert_curves(s, out / "figures" / f"{dataset}_experts_{s['name']}.png")
+                        for s in summaries if not (stale and f"buffers@{s['name']}-{dataset}" in stale)]
+        md += ["## Synthetic images", ""]
         for r in mine:
             if r["status"] != "ok" or not Path(r["synset_path"]).exists():
                 continue
@@ -284,6 +312,11 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
                                                                                       if r.get("device")})}
         written[-1].write_text(json.dumps({**context, "stages": stage_times(runs_dir)}, indent=1, sort_keys=True)
                                + "\n")
+    for bench in sorted(Path(bench_dir).glob("results-unroll-*.json")) if bench_dir else []:
+        kind = bench.stem.removeprefix("results-unroll-")
+        written.append(figures.plot_unroll(json.loads(bench.read_text()), out / "costs" / f"unroll-{kind}.png"))
+        index.append(f"- Trajectory matching, memory and time against the unroll length ({kind}, "
+                     f"bench/bench_unroll.py): [costs/unroll-{kind}.png](costs/unroll-{kind}.png)")
     written.append(out / "README.md")
     written[-1].write_text("\n".join(index) + "\n")
     return written

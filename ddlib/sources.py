@@ -1,17 +1,22 @@
-"""The source files behind each pipeline stage, so a stage reruns when, and only when, code it runs changed.
+"""What each pipeline stage reads, so that a stage reruns when, and only when, something it reads changed.
 
-DVC cannot template a per-method list of dependencies, so the `code` stage (`python -m ddlib.sources`) writes
-one manifest per notebook, `results/code/<notebook>.json` = {path: sha256} of the notebook, every ddlib
-module it imports (the static import closure: `import ddlib.x`, `from ddlib import x`, relative imports inside
-ddlib), the method module a method notebook runs (`notebooks/methods/<id>.ipynb` runs `ddlib/methods/<id>.py`
-through the lazy registry) and the requirements files. Each stage depends on its own manifest: editing
-ddlib/methods/dc.py changes the manifests of dc and dsa (which imports it) and nobody else's, so DVC reruns
-only their stages. The manifests are byte-stable (sorted keys), so an unchanged one leaves its stages alone.
+DVC cannot template a per-method list of dependencies, so two small stages write per-stage fingerprints and
+each stage depends on its own:
 
-`outdated(root)` compares the manifests the current files give with the ones dvc.lock recorded, for checks
-that cannot wait for the `code` stage to run. `stale(stages)` adds what `dvc status` reports (params, data,
-outputs): the report refuses the numbers of stale stages instead of showing them silently, `make repro`'s plan
-lists what will run, and a test checks that the committed reports come from the committed code.
+- `code` (`python -m ddlib.sources`): results/code/<notebook>.json = {path: sha256} of the notebook, every
+  ddlib module it imports (the static import closure: `import ddlib.x`, `from ddlib import x`, relative
+  imports inside ddlib), the method module a method notebook runs (`notebooks/methods/<id>.ipynb` runs
+  `ddlib/methods/<id>.py` through the lazy registry) and the requirements. Editing ddlib/methods/dc.py changes
+  the manifests of dc and dsa (which imports it) and nobody else's.
+- `inputs@<dataset>` (`python -m ddlib.sources inputs <dataset>`): results/inputs/<dataset>/<method>-<ipc>.json
+  = {path: md5} of the shared files a cell's method reads besides the dataset (expert buffers, a ZCA
+  transform; methods.inputs), so a new expert recipe reruns only the methods that read it.
+
+Both are byte-stable (sorted keys), so an unchanged fingerprint leaves its stages alone. `outdated(root)`
+compares the code manifests the current files give with the ones dvc.lock recorded, for checks that cannot
+wait for the `code` stage; `stale(stages)` adds what `dvc status` reports and what stale producers imply: the
+report refuses the numbers of stale stages, `make repro`'s plan lists what will run, and a test checks that
+the committed reports come from the committed code.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from pathlib import Path
 
 ALWAYS = ("requirements.txt", "requirements-lock.txt")   # library versions change numbers too
 MANIFESTS = Path("results/code")
+INPUTS = Path("results/inputs")
+INPUTS_ENTRY = Path("ddlib/sources.py")                  # `python -m ddlib.sources inputs <dataset>`
 
 
 def _module_file(root: Path, module: str) -> Path | None:
@@ -78,37 +85,45 @@ def closure(root: Path, modules: set[str]) -> set[Path]:
     return files
 
 
-def manifest(root: str | Path, notebook: str | Path) -> dict[str, str]:
-    """{relative path: sha256} of every source file the notebook's stage runs."""
+def manifest(root: str | Path, entry: str | Path) -> dict[str, str]:
+    """{relative path: sha256} of every source file the stage of `entry` (a notebook, or INPUTS_ENTRY) runs."""
     root = Path(root)
-    nb = root / notebook
-    modules = imported(nb)
-    if nb.parent.name == "methods":   # a method notebook runs its method module through the registry
-        modules.add(f"ddlib.methods.{nb.stem}")
-    files = {nb, *closure(root, modules), *(root / f for f in ALWAYS if (root / f).exists())}
+    if Path(entry) == INPUTS_ENTRY:   # the inputs stage asks every method module what it reads
+        files = {root / INPUTS_ENTRY, *closure(root, {"ddlib.sources"} | {
+            f"ddlib.methods.{p.stem}" for p in (root / "ddlib" / "methods").glob("*.py")})}
+    else:
+        nb = root / entry
+        modules = imported(nb)
+        if nb.parent.name == "methods":   # a method notebook runs its method module through the registry
+            modules.add(f"ddlib.methods.{nb.stem}")
+        files = {nb, *closure(root, modules)}
+    files |= {root / f for f in ALWAYS if (root / f).exists()}
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(files)}
 
 
-def manifest_path(notebook: str | Path) -> Path:
-    """notebooks/evaluate.ipynb -> results/code/evaluate.json; notebooks/methods/dm.ipynb -> .../methods/dm.json"""
-    rel = Path(notebook).relative_to("notebooks").with_suffix(".json")
-    return MANIFESTS / rel
+def manifest_path(entry: str | Path) -> Path:
+    """notebooks/evaluate.ipynb -> results/code/evaluate.json; notebooks/methods/dm.ipynb -> .../methods/dm.json;
+    the inputs stage's entry point -> results/code/inputs.json"""
+    if Path(entry) == INPUTS_ENTRY:
+        return MANIFESTS / "inputs.json"
+    return MANIFESTS / Path(entry).relative_to("notebooks").with_suffix(".json")
 
 
 def _bytes(m: dict) -> bytes:
     return (json.dumps(m, indent=1, sort_keys=True) + "\n").encode()
 
 
-def notebooks(root: Path) -> list[Path]:
+def entries(root: Path) -> list[Path]:
+    """Every stage entry point: the notebooks, and the inputs stage's module."""
     return sorted(p.relative_to(root) for p in (root / "notebooks").rglob("*.ipynb")
-                  if ".ipynb_checkpoints" not in p.parts)
+                  if ".ipynb_checkpoints" not in p.parts) + [INPUTS_ENTRY]
 
 
 def write_all(root: str | Path = ".", out: str | Path | None = None) -> list[Path]:
-    """The `code` stage: one manifest per notebook."""
+    """The `code` stage: one manifest per stage entry point."""
     root = Path(root)
     written = []
-    for nb in notebooks(root):
+    for nb in entries(root):
         path = root / (Path(out) / manifest_path(nb).relative_to(MANIFESTS) if out else manifest_path(nb))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(_bytes(manifest(root, nb)))
@@ -121,7 +136,7 @@ def outdated(root: str | Path = ".", lock: dict | None = None) -> dict[str, str]
     import yaml   # here: the `code` stage's import of this module stays free of third-party packages
     root = Path(root)
     lock = lock if lock is not None else yaml.safe_load((root / "dvc.lock").read_text()) or {}
-    current = {manifest_path(nb).as_posix(): manifest(root, nb) for nb in notebooks(root)}
+    current = {manifest_path(nb).as_posix(): manifest(root, nb) for nb in entries(root)}
     out = {}
     for stage, entry in (lock.get("stages") or {}).items():
         for dep in entry.get("deps", []):
@@ -158,39 +173,98 @@ def _describe(entries: list, ignore: set[str]) -> str:
     return "; ".join(parts)
 
 
+def _status(root: Path) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"`dvc status` failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout or "{}")
+
+
 def stale(stages: list[str], root: str | Path | None = None, *, missing_ok: bool = False) -> dict[str, str]:
-    """{stage: why} for each of `stages` that is not up to date with the current source, params and data:
-    what `dvc status` reports, plus a source manifest that the `code` stage has not rewritten yet
-    (sources.outdated). With `missing_ok` (a fresh clone: no results, no cache), missing outputs of stages
-    are not a reason. Works inside a stage too: DVC releases its repository lock while a command runs.
+    """{stage: why} for each of `stages` that is not up to date with the current source, params and data.
+
+    A stage is stale when `dvc status` says so, when its source manifest differs from what the current files
+    give (the `code` stage may not have run yet: outdated), or when a stage that produced something it reads
+    is stale. Reading follows fingerprints: a stage that depends on results/inputs/<key>.json reads the files
+    listed there, not every input the inputs stage looked at. With `missing_ok` (a fresh clone: no results,
+    no cache) missing outputs are not a reason. Works inside a stage too: DVC releases its repository lock
+    while a command runs.
     """
     import yaml   # here: the `code` stage imports this module and needs nothing beyond the standard library
     if not stages:
         return {}
     root = Path(root or os.environ.get("DVC_ROOT") or ".")
-    proc = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", *stages], cwd=root,
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
-    if proc.returncode != 0:
-        raise RuntimeError(f"`dvc status` failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
     lock_file = root / "dvc.lock"
     lock = (yaml.safe_load(lock_file.read_text()) if lock_file.exists() else None) or {}
-    outs = [o["path"] for entry in (lock.get("stages") or {}).values() for o in entry.get("outs", [])]
-    produced = set(outs) if missing_ok else set()
-    out = {}
-    for stage, entries in json.loads(proc.stdout or "{}").items():
-        if why := _describe(entries, produced):
-            out[stage] = why
+    recorded = lock.get("stages") or {}
+    producer = {o["path"]: stage for stage, entry in recorded.items() for o in entry.get("outs", [])}
+    direct = {}
+    for stage, entries_ in _status(root).items():
+        if stage != "code" and (why := _describe(entries_, set(producer) if missing_ok else set())):
+            direct[stage] = why             # `code` changes whenever ddlib does; outdated() says for whom it matters
     for stage, why in outdated(root, lock).items():
-        if stage in stages:
-            out[stage] = f"{out[stage]}; {why}" if stage in out else why
-    return out
+        direct[stage] = f"{direct[stage]}; {why}" if stage in direct else why
+
+    def reads(stage: str) -> set[str]:
+        """Stages that made what `stage` reads."""
+        out = set()
+        for dep in recorded.get(stage, {}).get("deps", []):
+            path = dep["path"]
+            if path.startswith(MANIFESTS.as_posix() + "/"):
+                continue
+            listed = [path]
+            if path.startswith(INPUTS.as_posix() + "/"):
+                listed = list(json.loads((root / path).read_text())) if (root / path).exists() else []
+            out |= {s for p in listed for o, s in producer.items() if p == o or p.startswith(o.rstrip("/") + "/")}
+        return out
+
+    memo: dict[str, str | None] = {}
+
+    def why(stage: str) -> str | None:
+        if stage not in memo:
+            memo[stage] = None              # a cycle cannot happen in a DAG; this only guards the recursion
+            memo[stage] = direct.get(stage) or next((f"made from stale {up} ({w})" for up in sorted(reads(stage))
+                                                     if (w := why(up))), None)
+        return memo[stage]
+
+    return {stage: w for stage in stages if (w := why(stage))}
+
+
+def write_inputs(root: str | Path, dataset: str, all_params: dict) -> list[Path]:
+    """The `inputs` stage: results/inputs/<dataset>/<method>-<ipc>.json = {path: md5} of the files besides the
+    dataset that each grid cell's method reads (experts, a ZCA transform; {} for most). A cell's stages depend
+    on its own file, so a new expert recipe reruns the methods that read it and nobody else."""
+    from . import methods, params   # the `code` stage uses this module without them
+    root, written = Path(root), []
+    grid, profile = all_params["grid"], all_params.get("profile", "quick")
+    for method in grid["methods"]:
+        method_params = params.method_params(all_params, method, profile)
+        for ipc in grid["ipcs"]:
+            paths = methods.inputs(method, method_params, dataset=dataset, ipc=int(ipc), data_root=root / "data")
+            for path in paths:
+                if not path.exists():
+                    raise FileNotFoundError(f"{method} at IPC {ipc} reads {path.relative_to(root)}, which no stage made: "
+                                            "is its expert recipe in grid.buffers (or its dataset's zca stage run)?")
+            record = {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(paths)}
+            written.append(root / INPUTS / dataset / f"{method}-{ipc}.json")
+            written[-1].parent.mkdir(parents=True, exist_ok=True)
+            written[-1].write_bytes(_bytes(record))
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="write results/code/*.json, one source manifest per notebook")
+    parser = argparse.ArgumentParser(description="the `code` and `inputs` stages (module docstring)")
+    parser.add_argument("stage", nargs="?", default="code", choices=("code", "inputs"))
+    parser.add_argument("dataset", nargs="?", help="for `inputs`: the dataset")
     parser.add_argument("--root", default=".", type=Path)
     args = parser.parse_args(argv)
-    for path in write_all(args.root):
+    if args.stage == "code":
+        written = write_all(args.root)
+    else:
+        import yaml
+        written = write_inputs(args.root, args.dataset, yaml.safe_load((args.root / "params.yaml").read_text()))
+    for path in written:
         print(path)
     return 0
 

@@ -1,12 +1,20 @@
-"""The one training loop: evaluation, coreset embedders and every method's inner loop call `fit`.
+"""The one training loop: evaluation, coreset embedders, expert trajectories and every method's inner loop
+call `fit`.
 
 Mini-batch SGD with cross-entropy on hard labels (N,) or soft labels (N, K) given as class
 probabilities. The DC-family evaluation recipe (SGD lr 0.01, momentum 0.9, weight decay 5e-4, batch 256,
 lr x0.1 at epoch//2+1) is `fit(..., decay_at=epochs // 2 + 1)`; see evaluate.py.
+
+`sam=Sam(...)` replaces each plain gradient by GSAM's (Zhuang et al., ICLR 2022; FTD and DATM train their
+"flat" experts with it): with g the gradient at w and e = rho g / ||g|| (adaptive: rho w^2 g / ||w g||),
+g_p is the gradient at w + e on the same augmented batch, and the step uses
+    g_p - alpha (g - cos(g, g_p) ||g|| g_p / ||g_p||),
+the perturbed gradient minus alpha times the part of g orthogonal to it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -14,11 +22,43 @@ import torch.nn.functional as F
 from torch import nn
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+EPS = 1e-12   # GSAM's perturb_eps
+
+
+@dataclass(frozen=True)
+class Sam:
+    """GSAM settings: FTD's experts use rho 0.01 (constant: rho_max = rho_min) and alpha 0.3, adaptive."""
+    rho: float = 0.01
+    alpha: float = 0.3
+    adaptive: bool = True
+
+
+def _norm(tensors) -> torch.Tensor:
+    return torch.sqrt(sum((t * t).sum() for t in tensors))
+
+
+def gsam_gradients(params: list[torch.Tensor], loss: torch.Tensor, loss_at: Callable[[], torch.Tensor],
+                   sam: Sam) -> list[torch.Tensor]:
+    """GSAM's update direction (module docstring): `loss` at the current `params`, and `loss_at()` recomputing
+    it on the same batch at the perturbed ones."""
+    g = torch.autograd.grad(loss, params)
+    with torch.no_grad():
+        scale = sam.rho / (_norm([(p.abs() * gi if sam.adaptive else gi) for p, gi in zip(params, g)]) + EPS)
+        e = [gi * scale * (p * p if sam.adaptive else 1.0) for p, gi in zip(params, g)]
+        for p, ei in zip(params, e):
+            p.add_(ei)                      # climb to w + e
+    g_p = torch.autograd.grad(loss_at(), params)
+    with torch.no_grad():
+        for p, ei in zip(params, e):
+            p.sub_(ei)                      # and back to w
+        n_g, n_p = _norm(g), _norm(g_p)
+        cos = sum((a * b).sum() for a, b in zip(g, g_p)) / (n_g * n_p + EPS)
+        return [gp - sam.alpha * (gi - cos * n_g * gp / (n_p + EPS)) for gi, gp in zip(g, g_p)]
 
 
 def fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float, batch_size: int = 256,
         momentum: float = 0.9, weight_decay: float = 5e-4, decay_at: int | None = None,
-        aug: Augment | None = None, gen: torch.Generator | None = None) -> list[float]:
+        aug: Augment | None = None, gen: torch.Generator | None = None, sam: Sam | None = None) -> list[float]:
     """Train `net` in place on (x, y) for `epochs` passes; returns the mean loss of each epoch.
 
     Args:
@@ -26,6 +66,7 @@ def fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: fl
             there, which also resets the momentum buffers.
         aug: optional batch augmentation `aug(x, gen)` (e.g. DSA with per-sample parameters).
         gen: generator for shuffling and augmentation (CPU); a fixed default keeps calls reproducible.
+        sam: take GSAM steps (two forward/backward passes per batch) instead of plain gradient steps.
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
@@ -47,7 +88,12 @@ def fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: fl
                 xb = aug(xb, gen)
             loss = F.cross_entropy(net(xb), yb)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if sam is None:
+                loss.backward()
+            else:
+                params = [p for p in net.parameters() if p.requires_grad]
+                for p, g in zip(params, gsam_gradients(params, loss, lambda: F.cross_entropy(net(xb), yb), sam)):
+                    p.grad = g
             opt.step()
             total += loss.item() * len(idx)
         history.append(total / len(x))

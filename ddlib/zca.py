@@ -16,8 +16,11 @@ layer norm) is the caller's. The fit runs in float64; the transform is stored in
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
+
+from . import data
 
 MODES = ("kornia", "relative")
 
@@ -71,3 +74,16 @@ def fit_zca(x: torch.Tensor, *, eps: float = 0.1, mode: str = "kornia", chunk: i
     lam = lam.clamp_min(0) + shrink  # eigh may return -1e-17 for directions the data never spans
     W, W_inv = (U * lam.rsqrt()) @ U.T, (U * lam.sqrt()) @ U.T  # U diag(s) U^T without forming diag(s)
     return Zca(mean.float(), W.float(), W_inv.float(), mode, float(eps))
+
+
+def load_split(dataset: str, split: str, root: str | Path, *, whiten: bool) -> data.LabeledImages:
+    """A split in the space a method works in: mean/std-normalised pixels (whiten=False), or [0, 1] pixels
+    whitened by the transform the zca stage fitted on the training split (root/<dataset>/zca.pt)."""
+    if not whiten:
+        return data.load(dataset, split, root)
+    path = Path(root) / dataset / "zca.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"no ZCA transform at {path}; make it with `dvc repro zca@{dataset}`")
+    transform = Zca.from_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    raw = data.load(dataset, split, root, normalize=False)
+    return data.LabeledImages(transform.apply(raw.x), raw.y, raw.spec, zca=True)

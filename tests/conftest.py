@@ -28,3 +28,16 @@ def tiny_train(fixture_root):
 def tiny_test(fixture_root):
     from ddlib import data
     return data.load("fashion_mnist", "test", root=fixture_root)
+
+
+@pytest.fixture(scope="session")
+def tiny_buffers(fixture_root, tiny_train, tiny_test):
+    """Expert buffers of every recipe in params.yaml (tiny profile) under fixture_root: the data_root that
+    trajectory-matching methods get in tests."""
+    from ddlib import experts, params
+    all_params = params.load("params.yaml")
+    for name in all_params["buffers"]:
+        recipe = experts.Recipe(**params.resolve(all_params["buffers"][name], "tiny"))
+        experts.train(tiny_train, tiny_test, recipe, fixture_root / "fashion_mnist" / "buffers" / name, name=name,
+                      device=torch.device("cpu"), seed=0, checkpoint_dir=fixture_root / "checkpoints" / name)
+    return fixture_root

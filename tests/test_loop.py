@@ -127,9 +127,9 @@ def test_sigkill_then_resume(fixture_root, tiny_train, tmp_path):
 
 
 def test_budgets_are_iterations_per_ipc():
-    assert loop.per_ipc({1: 60, 10: 150}, 10, "iterations") == 150 and loop.per_ipc(7, 10, "iterations") == 7
+    assert params.per_ipc({1: 60, 10: 150}, 10, "iterations") == 150 and params.per_ipc(7, 10, "iterations") == 7
     with pytest.raises(ValueError, match=r"iterations has no entry for ipc=50.*params.yaml"):
-        loop.per_ipc({1: 60, 10: 150}, 50, "iterations")
+        params.per_ipc({1: 60, 10: 150}, 50, "iterations")
     for bad in ({1: -3}, "many", -1, True):
         with pytest.raises(ValueError, match="iterations must be a number >= 0"):
             methods.make_config("dm", {"iterations": bad})

@@ -72,18 +72,21 @@ def test_dc_synthetic_images_get_second_order_gradients(tiny_train):
 
 # ---------------------------------------------------------------- registry-wide smoke tests
 @pytest.mark.parametrize("method", methods.available())
-def test_every_method_distils_ipc1(method, tiny_train):
-    synset = methods.distill(method, tiny_train, ipc=1, params=tiny(method), device="cpu", seed=0)
+def test_every_method_distils_ipc1(method, tiny_train, tiny_buffers):
+    synset = methods.distill(method, tiny_train, ipc=1, params=tiny(method), device="cpu", seed=0,
+                             data_root=tiny_buffers)
     assert synset.images.shape == (10, 1, 28, 28) and torch.isfinite(synset.images).all()
-    assert synset.labels.tolist() == list(range(10))
+    assert synset.hard_labels().tolist() == list(range(10)) or method == "datm"   # DATM's labels are learned
     assert synset.method == method and synset.ipc == 1 and synset.dataset == "fashion_mnist"
-    for key in ("code_version", "torch", "device", "threads", "cpu_capability", "seed", "wall_time_s", "peak_mem_mb"):
+    for key in ("code_version", "torch", "device", "threads", "cpu_capability", "seed", "wall_time_s",
+                "peak_mem_mb"):
         assert key in synset.provenance
-    if method in ("dm", "dc", "dsa"):
+    if "iterations_planned" in synset.provenance:   # an iterative method
         assert synset.provenance["iterations"] == 2
         init = loop.init_state(tiny_train, 1, init=methods.make_config(method, tiny(method)).init, lr_img=1,
                                momentum=0, gen=torch.Generator().manual_seed(0), device=torch.device("cpu"))
-        assert not torch.allclose(init.x_syn.detach(), synset.images)   # the images were optimised
+        if method != "ftd":   # FTD's set is the images' moving average: 2 iterations move it by ~1e-4 of a step
+            assert not torch.allclose(init.x_syn.detach(), synset.images)   # the images were optimised
 
 
 def test_selection_methods_return_real_images(tiny_train):

@@ -161,7 +161,8 @@ GRID = {"datasets": ["fashion_mnist"], "methods": ["random", "dc", "dsa", "dm", 
 def test_grid_cells_and_their_stages():
     cells = report.grid_cells(GRID)
     assert cells[:3] == [("random", "fashion_mnist", 1), ("random", "fashion_mnist", 10), ("dc", "fashion_mnist", 1)]
-    assert report.stages(cells[:1]) == ["distill@random-fashion_mnist-1", "evaluate@random-fashion_mnist-1"]
+    stages = report.stages({**GRID, "methods": ["random"], "ipcs": [1], "buffers": ["plain"]})
+    assert stages == ["distill@random-fashion_mnist-1", "evaluate@random-fashion_mnist-1", "buffers@plain-fashion_mnist"]
 
 
 def test_rows_get_a_status_and_refused_numbers_are_dropped(results_dir):

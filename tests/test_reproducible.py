@@ -21,7 +21,8 @@ test = data.load("fashion_mnist", "test", root=sys.argv[1])
 all_params = params.load(sys.argv[2])
 out = {}
 for m in methods.available():
-    synset = methods.distill(m, real, ipc=1, params=params.method_params(all_params, m, "tiny"), device="cpu")
+    synset = methods.distill(m, real, ipc=1, params=params.method_params(all_params, m, "tiny"), device="cpu",
+                             data_root=sys.argv[1])
     result = evaluate.evaluate(synset, test, evaluate.protocol(all_params, "tiny"), device="cpu")
     out[m] = [synset.content_hash(), result["accs"], result["synset_sha256"]]
 print(json.dumps(out))
@@ -35,8 +36,8 @@ def run_cells(fixture_root) -> dict:
     return json.loads(proc.stdout.splitlines()[-1])
 
 
-def test_every_method_is_bit_identical_across_processes(fixture_root):
-    first, second = run_cells(fixture_root), run_cells(fixture_root)
+def test_every_method_is_bit_identical_across_processes(tiny_buffers):
+    first, second = run_cells(tiny_buffers), run_cells(tiny_buffers)
     assert first == second
     hashes = [h for h, _, _ in first.values()]
     assert len(set(hashes)) == len(hashes)                      # not trivially equal: every method differs

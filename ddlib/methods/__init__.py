@@ -1,8 +1,13 @@
 """Method registry: id (lowercase paper acronym) -> module with `Config` and `distill`.
 
 Every method module exposes `ID`, a frozen `Config` dataclass whose defaults are the paper's values, and
-`distill(real, cfg, *, ipc, device, seed, checkpoint=None) -> SyntheticSet`. Three shapes occur: selection
-(random, herding, kcenter), single-level matching (dm) and bilevel matching with an inner loop (dc, dsa).
+`distill(real, cfg, *, ipc, device, seed, checkpoint=None) -> SyntheticSet`. Four shapes occur: selection
+(random, herding, kcenter), single-level matching (dm), bilevel matching with an inner loop (dc, dsa) and
+trajectory matching against expert trajectories (mtt, ftd, tesla, datm).
+
+A method that reads shared inputs besides the dataset (expert buffers, a ZCA transform) says which in
+`inputs(cfg, *, dataset, ipc, data_root) -> [paths]` and takes `data_root` in `distill`; the pipeline's
+`inputs` stage fingerprints those files so that its stages rerun when, and only when, they change.
 
 The registry is lazy: a method's module is imported when it is asked for, so running one method never
 imports (or depends on) another family's code; sources.py relies on that to give each pipeline stage
@@ -16,11 +21,12 @@ import importlib
 from pathlib import Path
 from types import ModuleType
 
+from .. import params as params_
 from .. import runtime
 from ..data import LabeledImages
 from ..synset import SyntheticSet
 
-IDS = ("random", "herding", "kcenter", "dm", "dc", "dsa")
+IDS = ("random", "herding", "kcenter", "dm", "dc", "dsa", "mtt", "ftd", "tesla", "datm")
 
 
 def available() -> list[str]:
@@ -52,11 +58,25 @@ def check_ipc(ipc: int, real: LabeledImages) -> None:
         raise ValueError(f"ipc={ipc} exceeds the smallest class of {real.spec.name} ({smallest} images)")
 
 
+def inputs(name: str, params: dict | None, *, dataset: str, ipc: int, data_root: str | Path) -> list[Path]:
+    """Files besides the dataset that the method reads at this IPC ([] for most methods)."""
+    module = get(name)
+    if not hasattr(module, "inputs"):
+        return []
+    return module.inputs(make_config(name, params), dataset=dataset, ipc=ipc, data_root=data_root)
+
+
+def uses_zca(name: str, params: dict | None, ipc: int) -> bool:
+    """Whether the method works on ZCA-whitened images at this IPC (zca.load_split gives it that space)."""
+    return bool(getattr(params_.at_ipc(make_config(name, params), ipc), "zca", False))
+
+
 def distill(name: str, real: LabeledImages, *, ipc: int, params: dict | None = None, device="auto",
-            seed: int = 0, checkpoint: str | Path | None = None) -> SyntheticSet:
+            seed: int = 0, checkpoint: str | Path | None = None, data_root: str | Path = "data") -> SyntheticSet:
     """Validate everything up front, then run the method."""
     module = get(name)
     cfg = make_config(name, params)
     check_ipc(ipc, real)
     device = runtime.resolve_device(device)
-    return module.distill(real, cfg, ipc=ipc, device=device, seed=seed, checkpoint=checkpoint)
+    extra = {"data_root": data_root} if hasattr(module, "inputs") else {}
+    return module.distill(real, cfg, ipc=ipc, device=device, seed=seed, checkpoint=checkpoint, **extra)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .. import augment, loop, nets
+from .. import augment, loop, nets, params
 from ..data import LabeledImages
 from ..synset import SyntheticSet
 from ..train import fit
@@ -49,8 +49,8 @@ class Config:
     def __post_init__(self):
         if self.distance not in ("ours", "mse", "cos"):
             raise ValueError(f"unknown distance {self.distance!r}; expected 'ours', 'mse' or 'cos'")
-        loop.check_budget(self.iterations, "iterations")
-        loop.check_budget(self.time_budget_s, "time_budget_s", allow_none=True)
+        params.check_budget(self.iterations, "iterations")
+        params.check_budget(self.time_budget_s, "time_budget_s", allow_none=True)
         if self.batch_real < 1 or self.lr_img <= 0:
             raise ValueError(f"invalid {type(self).__module__} config: {self}")
         object.__setattr__(self, "loops", {int(k): tuple(v) for k, v in self.loops.items()})

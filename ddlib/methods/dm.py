@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .. import augment, loop, nets
+from .. import augment, loop, nets, params
 from ..data import LabeledImages
 from ..synset import SyntheticSet
 
@@ -37,8 +37,8 @@ class Config:
     checkpoint_every: int = 500
 
     def __post_init__(self):
-        loop.check_budget(self.iterations, "iterations")
-        loop.check_budget(self.time_budget_s, "time_budget_s", allow_none=True)
+        params.check_budget(self.iterations, "iterations")
+        params.check_budget(self.time_budget_s, "time_budget_s", allow_none=True)
         if self.batch_real < 1 or self.lr_img <= 0:
             raise ValueError(f"invalid DM config: {self}")
 
