@@ -73,8 +73,9 @@ def evaluate(synset: SyntheticSet, test: LabeledImages, protocol: Protocol = Pro
     if synset.dataset != test.spec.name:
         raise ValueError(f"synthetic set is for {synset.dataset!r} but the test split is {test.spec.name!r}")
     if synset.zca != test.zca:
-        raise ValueError(f"the {synset.method!r} set is {'in' if synset.zca else 'not in'} ZCA space but the test split "
-                         f"is {'whitened' if test.zca else 'not'}; load it with zca.load_split(..., whiten={synset.zca})")
+        raise ValueError(f"the {synset.method!r} set is {'in' if synset.zca else 'not in'} ZCA space but the "
+                         f"test split is {'whitened' if test.zca else 'not'}; load it with "
+                         f"zca.load_split(..., whiten={synset.zca})")
     if protocol.test_subset:  # fixed subset, independent of the evaluation seed
         test = test.subset(protocol.test_subset, torch.Generator().manual_seed(12345))
     x_test, y_test = test.x.to(device), test.y.to(device)

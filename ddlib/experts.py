@@ -83,8 +83,8 @@ def _train_one(i: int, real: LabeledImages, test: LabeledImages, recipe: Recipe,
         print(f"[buffers] expert {i}: resumed after epoch {len(record['train_loss'])}", file=sys.stderr)
     else:
         # FlatNet.flatten copies: on the CPU a detached parameter aliases it (every snapshot would be the last)
-        record = {"trajectory": [FlatNet(net).flatten().cpu()], "test_acc": [accuracy(net, test.x, test.y)], "train_loss": [],
-                  "fingerprint": fp}
+        record = {"trajectory": [FlatNet(net).flatten().cpu()], "test_acc": [accuracy(net, test.x, test.y)],
+                  "train_loss": [], "fingerprint": fp}
     aug = (lambda xb, g: augment.dsa(xb, spec.dsa_strategy, g)) if recipe.dsa else None
     sam = Sam(**recipe.sam) if recipe.sam else None
     while len(record["train_loss"]) < recipe.epochs:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import seaborn as sns
 import torch
 from matplotlib.figure import Figure
 
@@ -25,13 +24,19 @@ def method_rank(method: str) -> tuple[int, str]:
     return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
 
 
+def _sns():
+    import seaborn   # here: importing it costs seconds that a distill stage, which draws one grid, need not pay
+    return seaborn
+
+
 def _palette(rows: list[dict]) -> dict[str, tuple]:
+    sns = _sns()
     methods = sorted({r["method"] for r in rows}, key=method_rank)
     return dict(zip(methods, sns.color_palette("tab10", max(len(methods), 1))))
 
 
 def _new_axes():
-    with sns.axes_style("whitegrid"):  # style applied only to the axes created inside this block
+    with _sns().axes_style("whitegrid"):  # style applied only to the axes created inside this block
         fig = Figure(figsize=(6.0, 4.0), dpi=100)
         return fig, fig.add_subplot()
 
@@ -162,7 +167,7 @@ def plot_expert_curves(index: dict, path: str | Path) -> Path:
 
 def plot_unroll(rows: list[dict], path: str | Path) -> Path:
     """bench/bench_unroll.py's measurements: peak memory and time per iteration against the unroll length."""
-    with sns.axes_style("whitegrid"):
+    with _sns().axes_style("whitegrid"):
         fig = Figure(figsize=(9.0, 3.6), dpi=100)
         memory, seconds = fig.subplots(1, 2)
     for method, colour in (("mtt", "tab:red"), ("tesla", "tab:blue")):

@@ -237,6 +237,6 @@ def distill(method: str, step: Callable[[State], float], real, cfg, *, ipc: int,
     labels = torch.softmax(extra["labels"].detach(), 1) if "labels" in extra else state.y_syn
     return finish(extra.get("ema", state.x_syn), labels, method=method, real=real, ipc=ipc, params=asdict(cfg),
                   device=device, seed=seed, wall_time_s=info.wall_time_s, peak_mem_mb=info.peak_mem_mb,
-                  iterations=info.iterations, lr=float(extra["lr"]) if "lr" in extra else None, zca=zca,
+                  iterations=info.iterations, lr=float(extra["lr"].detach()) if "lr" in extra else None, zca=zca,
                   extra={"iterations_planned": iterations, "stopped_by": info.stopped_by,
                          "resumed_from": info.resumed_from, "loss_history": info.history})

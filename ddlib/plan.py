@@ -2,9 +2,10 @@
 
     python -m ddlib.plan [--root DIR] [--times reports/costs/stage_times.json]
 
-Stages to run: those `dvc status` finds changed, plus everything downstream of them (`dvc dag`); after a source
-edit, the stages whose source manifest changes (sources.py) rather than everything downstream of `code`. That is
-an upper bound: DVC skips a downstream stage whose inputs come out unchanged and restores runs it has cached.
+Stages to run: those `dvc status` finds changed or sources.stale finds stale, plus everything downstream of
+them (`dvc dag`), except that the fingerprint stages (`code`, `inputs`) pass nothing on: after a source edit,
+the stages whose source manifest changes are named directly. That is an upper bound: DVC skips a downstream
+stage whose inputs come out unchanged and restores runs it has cached.
 Expected time: each stage's duration in the last full run (papermill's record, kept by the report in
 reports/costs/stage_times.json with the device it ran on); stages never timed are counted and named.
 """
@@ -90,10 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     profile = yaml.safe_load((args.root / "params.yaml").read_text()).get("profile", "quick")
     nodes, edges = dag(args.root)
     changed = set(sources.stale(nodes, args.root))
-    if "code" in changed:   # it reruns, but stale() already named the stages whose source manifest changes
-        changed.discard("code")
-        edges = [e for e in edges if e[0] != "code"]
-        changed.add("code")
+    # a fingerprint stage (code, inputs) reruns, but stale() already named the stages whose fingerprint changes
+    edges = [e for e in edges if not sources.fingerprint_stage(e[0])]
     times_path = args.times if args.times.is_absolute() else args.root / args.times
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
     print("\n".join(summary(to_run(changed, nodes, edges), times, profile)), flush=True)

@@ -282,7 +282,8 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
               "", f"![accuracy vs IPC](figures/{dataset}_acc_vs_ipc.png)", "",
               f"Distillation and evaluation cost: [costs/{dataset}.md](costs/{dataset}.md).", ""]
         summaries = [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob(f"buffers/*-{dataset}.json"))]
-        summaries = [s for s in summaries if s["dataset"] == dataset and (not grid or s["name"] in grid.get("buffers", []))]
+        recipes = grid.get("buffers", []) if grid else None
+        summaries = [s for s in summaries if s["dataset"] == dataset and (recipes is None or s["name"] in recipes)]
         if summaries:
             md += experts_markdown(summaries, dataset, stale)
             written += [figures.plot_expert_curves(s, out / "figures" / f"{dataset}_experts_{s['name']}.png")

@@ -158,7 +158,7 @@ def outdated(root: str | Path = ".", lock: dict | None = None) -> dict[str, str]
 
 def _describe(entries: list, ignore: set[str]) -> str:
     """DVC's status entries for one stage as one line ('changed deps: ddlib/x.py (modified); ...'), leaving
-    out missing files under the paths in `ignore`."""
+    out missing files under (or folders holding) the paths in `ignore`."""
     parts = []
     for entry in entries:
         if isinstance(entry, str):
@@ -167,18 +167,34 @@ def _describe(entries: list, ignore: set[str]) -> str:
         for kind, files in entry.items():
             shown = [f"{path} ({state})" for path, state in sorted(files.items())
                      if not (state in ("deleted", "not in cache") and
-                             any(path == p or p.startswith(path.rstrip("/") + "/") for p in ignore))]
+                             any(_within(path, p) or _within(p, path) for p in ignore))]
             if shown:
                 parts.append(f"{kind}: " + ", ".join(shown))
     return "; ".join(parts)
 
 
-def _status(root: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=root, capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def fingerprint_stage(stage: str) -> bool:
+    """`code` and `inputs@<dataset>` rerun whenever anything they look at changes, but what depends on them reruns
+    only when its own fingerprint does: their staleness says nothing about any one downstream stage."""
+    return stage == "code" or stage.startswith("inputs@")
+
+
+def _dvc(root: Path, *args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
     if proc.returncode != 0:
-        raise RuntimeError(f"`dvc status` failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-    return json.loads(proc.stdout or "{}")
+        raise RuntimeError(f"`dvc {' '.join(args[:2])}` failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return proc.stdout
+
+
+def _status(root: Path) -> dict:
+    """`dvc status` of every stage but the one this runs in (whose outputs a running `dvc repro` locks)."""
+    stages = [s for s in _dvc(root, "stage", "list", "--name-only").split() if s != os.environ.get("DVC_STAGE")]
+    return json.loads(_dvc(root, "status", "--json", *stages) or "{}")
 
 
 def stale(stages: list[str], root: str | Path | None = None, *, missing_ok: bool = False) -> dict[str, str]:
@@ -201,8 +217,8 @@ def stale(stages: list[str], root: str | Path | None = None, *, missing_ok: bool
     producer = {o["path"]: stage for stage, entry in recorded.items() for o in entry.get("outs", [])}
     direct = {}
     for stage, entries_ in _status(root).items():
-        if stage != "code" and (why := _describe(entries_, set(producer) if missing_ok else set())):
-            direct[stage] = why             # `code` changes whenever ddlib does; outdated() says for whom it matters
+        if why := _describe(entries_, set(producer) if missing_ok else set()):
+            direct[stage] = why   # a stale fingerprint stage itself (code, inputs) is not followed: see reads()
     for stage, why in outdated(root, lock).items():
         direct[stage] = f"{direct[stage]}; {why}" if stage in direct else why
 
@@ -244,8 +260,8 @@ def write_inputs(root: str | Path, dataset: str, all_params: dict) -> list[Path]
             paths = methods.inputs(method, method_params, dataset=dataset, ipc=int(ipc), data_root=root / "data")
             for path in paths:
                 if not path.exists():
-                    raise FileNotFoundError(f"{method} at IPC {ipc} reads {path.relative_to(root)}, which no stage made: "
-                                            "is its expert recipe in grid.buffers (or its dataset's zca stage run)?")
+                    raise FileNotFoundError(f"{method} at IPC {ipc} reads {path.relative_to(root)}, which no stage "
+                                            "made: is its expert recipe in grid.buffers (or its dataset's zca stage run)?")
             record = {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(paths)}
             written.append(root / INPUTS / dataset / f"{method}-{ipc}.json")
             written[-1].parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,8 @@ Two ways to differentiate a loss L(w_N) through N steps w_{i+1} = w_i - lr g_i(w
 
   This is the same gradient to float tolerance with memory independent of N apart from N parameter vectors
   (TESLA, Cui et al. ICML 2023). `first_order=True` keeps lambda at lambda_N, dropping the H_i terms: what
-  TESLA's released code computes (an approximation; equal to the exact gradient only for N = 1).
+  TESLA's released code computes, an approximation (equal only for N = 1; 37-53 % off in relative L2 at 4-10
+  steps on tests/test_trajectory.py's problem, where the exact sweep agrees to 3e-7).
 
 Each step's batch and DSA draw are fixed up front (`Plan`), so a replay sees exactly the forward pass's data.
 """
@@ -112,7 +113,7 @@ def adjoint(fnet: FlatNet, w0: torch.Tensor, x: torch.Tensor, y: torch.Tensor, l
 
     `loss` maps the last parameter vector to a scalar (e.g. distance to an expert's target).
     """
-    alpha = float(lr)
+    alpha = float(lr.detach())
     ws = [w.detach() for w in steps(fnet, w0.detach(), x.detach(), y, torch.tensor(alpha), p, loss_fn=loss_fn,
                                     create_graph=False)]
     w_end = ws[-1].requires_grad_(True)
@@ -129,4 +130,4 @@ def adjoint(fnet: FlatNet, w0: torch.Tensor, x: torch.Tensor, y: torch.Tensor, l
         grad_lr -= (out * g.detach()).sum()
         if not first_order:
             lam = lam - alpha * hvp
-    return float(value), grad_x, grad_lr
+    return float(value.detach()), grad_x, grad_lr

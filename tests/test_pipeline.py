@@ -15,11 +15,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ddlib import data, methods
+from ddlib import data
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden" / "tiny.json"
 HAVE_FMNIST = data.DEBIAN_FASHION_MNIST.exists() or (ROOT / "data" / "fashion_mnist" / "raw").exists()
+# one method of each shape (every notebook also runs under nbval; test_reproducible covers every method):
+# selection, distribution matching, gradient matching (dc, and dsa which imports it), trajectory matching on
+# plain experts (mtt) and on flat experts with learned soft labels (datm)
+GRID = ("random", "dm", "dc", "dsa", "mtt", "datm")
 
 
 def run(cmd, cwd):
@@ -38,7 +42,7 @@ def ok(cmd, cwd):
 def cells(work: Path) -> dict:
     """Per cell: what the reproducibility guarantee covers (content of the set, accuracies) and the platform."""
     out = {}
-    for m in methods.available():
+    for m in GRID:
         key = f"{m}-fashion_mnist-1"
         metrics = json.loads((work / "results" / "distill" / key / "metrics.json").read_text())
         result = json.loads((work / "results" / "eval" / key / "eval.json").read_text())
@@ -66,13 +70,12 @@ def check_golden(found: dict) -> None:
 def test_tiny_dvc_repro_end_to_end(tmp_path):
     work = tmp_path / "book"
     work.mkdir()
-    for item in ("dvc.yaml", "notebooks", "ddlib", "requirements.txt", "requirements-lock.txt"):
+    for item in ("dvc.yaml", "notebooks", "ddlib", "bench", "requirements.txt", "requirements-lock.txt"):
         src = ROOT / item
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / item)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["profile"] = "tiny"
-    params["grid"] = {"datasets": ["fashion_mnist"], "methods": methods.available(), "ipcs": [1],
-                      "buffers": ["plain", "flat"]}
+    params["grid"] = {"datasets": ["fashion_mnist"], "methods": list(GRID), "ipcs": [1], "buffers": ["plain", "flat"]}
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if (ROOT / "data" / "fashion_mnist" / "raw").exists():
         shutil.copytree(ROOT / "data" / "fashion_mnist" / "raw", work / "data" / "fashion_mnist" / "raw")
@@ -82,12 +85,12 @@ def test_tiny_dvc_repro_end_to_end(tmp_path):
 
     ok(["dvc", "repro"], work)
 
-    for method in methods.available():
+    for method in GRID:
         result = json.loads((work / "results" / "eval" / f"{method}-fashion_mnist-1" / "eval.json").read_text())
         assert result["profile"] == "tiny" and len(result["accs"]) == 1 and 0 <= result["mean"] <= 100
         assert (work / "results" / "distill" / f"{method}-fashion_mnist-1" / "synset.pt").exists()
     table = (work / "reports" / "fashion_mnist.md").read_text()
-    assert all(f"| {m} |" in table for m in methods.available()), table
+    assert all(f"| {m} |" in table for m in GRID), table
     assert "stale" not in table and "not run" not in table and "checked against `dvc.lock`" in table
     assert (work / "reports" / "figures" / "fashion_mnist_acc_vs_ipc.png").exists()
     first = cells(work)
@@ -104,7 +107,8 @@ def test_tiny_dvc_repro_end_to_end(tmp_path):
     with open(work / "ddlib" / "methods" / "dc.py", "a") as f:
         f.write("# a comment changes no number, but the code is not the same any more\n")
     preview = ok([sys.executable, "-m", "ddlib.plan"], work)
-    assert "will run up to 6 stages (profile tiny): 1 code, 2 distill, 2 evaluate, 1 report" in preview, preview
+    assert "will run up to 7 stages (profile tiny): 1 code, 1 inputs, 2 distill, 2 evaluate, 1 report" in preview, \
+        preview
     # ... and a report made before they rerun refuses exactly their numbers
     ok(["dvc", "repro", "-s", "code"], work)
     ok(["dvc", "repro", "-s", "-f", "report"], work)
@@ -123,4 +127,6 @@ def test_tiny_dvc_repro_end_to_end(tmp_path):
     params["methods"]["dm"]["tiny"]["batch_real"] = 5
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = set(json.loads(run(["dvc", "status", "--json"], work).stdout))
-    assert changed == {"distill@dm-fashion_mnist-1"}, changed   # downstream reruns only if its outputs change
+    # the inputs stage reads every method's params (and reruns in a second), but dm's fingerprint stays the same;
+    # downstream stages rerun only if their inputs change
+    assert changed == {"distill@dm-fashion_mnist-1", "inputs@fashion_mnist"}, changed

@@ -114,7 +114,8 @@ def test_manifests_are_byte_stable_and_outdated_names_what_changed(scratch):
     with open(root / "ddlib" / "methods" / "dc.py", "a") as f:
         f.write("# an edit\n")
     changed = sources.outdated(root, lock)
-    assert set(changed) == {"distill@dc-x-1", "distill@dsa-x-1"}
+    # dc and dsa import it; the inputs stage asks every method module what it reads (a cheap rerun)
+    assert set(changed) == {"distill@dc-x-1", "distill@dsa-x-1", "inputs-x-1"}
     assert changed["distill@dc-x-1"] == "source changed: ddlib/methods/dc.py"
 
 
@@ -134,3 +135,6 @@ def test_dvc_status_lines_leave_out_missing_upstream_outputs():
     assert sources._describe(entries, produced) == "changed deps: results/code/x.json (modified); changed command"
     assert sources._describe([{"changed deps": {"results/distill": "deleted"}}], produced) == ""  # a parent folder
     assert "prepared.pt (deleted)" in sources._describe(entries, set())
+    # a file inside a produced folder: the manifests of the `code` stage's results/code in a fresh clone
+    assert sources._describe([{"changed deps": {"results/code/prepare.json": "deleted"}}], {"results/code"}) == ""
+    assert sources._describe([{"changed deps": {"results/codex.json": "deleted"}}], {"results/code"}) != ""

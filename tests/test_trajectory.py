@@ -61,21 +61,25 @@ def test_tesla_gives_mtts_gradient(dsa):
     value, gx, glr = _full_graph(fnet, w0, target, x, y, lr, p)
     value_a, gx_a, glr_a = unroll.adjoint(fnet, w0, x, y, lr, p, lambda w: unroll.distance(w, w0, target))
     assert value_a == pytest.approx(value, rel=1e-5)
-    assert torch.allclose(gx_a, gx, rtol=1e-4, atol=1e-8 * gx.abs().max().item())
-    assert glr_a.item() == pytest.approx(glr.item(), rel=1e-4)
-    assert gx.abs().sum() > 0
+    assert gx.norm() > 0 and relative_error(gx_a, gx) < 1e-5        # float32 rounding: measured ~3e-7
+    assert glr_a.item() == pytest.approx(glr.item(), rel=1e-5)
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
 
 
 def test_the_released_teslas_first_order_gradient_is_an_approximation():
-    fnet, w0, target, x, y, p = _problem(steps=4)
     lr = torch.tensor(0.05, requires_grad=True)
-    _, gx, _ = _full_graph(fnet, w0, target, x, y, lr, p)
-    _, gx_first, _ = unroll.adjoint(fnet, w0, x, y, lr, p, lambda w: unroll.distance(w, w0, target), first_order=True)
-    assert not torch.allclose(gx_first, gx, rtol=1e-3)           # the cross-step terms matter ...
-    fnet, w0, target, x, y, p = _problem(steps=1)
-    _, gx, _ = _full_graph(fnet, w0, target, x, y, lr, p)
-    _, gx_first, _ = unroll.adjoint(fnet, w0, x, y, lr, p, lambda w: unroll.distance(w, w0, target), first_order=True)
-    assert torch.allclose(gx_first, gx, rtol=1e-4, atol=1e-10)   # ... and vanish for a single step
+    errors = {}
+    for steps in (1, 4):
+        fnet, w0, target, x, y, p = _problem(steps=steps)
+        _, gx, _ = _full_graph(fnet, w0, target, x, y, lr, p)
+        _, gx_first, _ = unroll.adjoint(fnet, w0, x, y, lr, p, lambda w: unroll.distance(w, w0, target),
+                                        first_order=True)
+        errors[steps] = relative_error(gx_first, gx)
+    assert errors[1] < 1e-5          # one step: nothing to drop
+    assert errors[4] > 0.05          # four steps: the dropped cross-step terms matter (measured ~40 %)
 
 
 def test_plan_cycles_through_permutations_and_fixes_the_augmentation():

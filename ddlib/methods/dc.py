@@ -57,7 +57,8 @@ class Config:
 
     def loops_for(self, ipc: int) -> tuple[int, int]:
         if ipc not in self.loops:
-            raise ValueError(f"no (outer_loop, inner_loop) for ipc={ipc}; set loops[{ipc}] (known: {sorted(self.loops)})")
+            raise ValueError(f"no (outer_loop, inner_loop) for ipc={ipc}; set loops[{ipc}] "
+                             f"(known: {sorted(self.loops)})")
         return self.loops[ipc]
 
 
