@@ -76,8 +76,8 @@ def main() -> None:
     rows = []
     for steps in args.steps:
         for method in ("mtt", "tesla"):
-            proc = subprocess.run([sys.executable, __file__, "--one", method, str(steps), "--repeats", str(args.repeats)],
-                                  capture_output=True, text=True, cwd=ROOT)
+            proc = subprocess.run([sys.executable, __file__, "--one", method, str(steps),
+                                   "--repeats", str(args.repeats)], capture_output=True, text=True, cwd=ROOT)
             if proc.returncode != 0:
                 raise RuntimeError(proc.stderr[-3000:])
             rows.append(json.loads(proc.stdout.splitlines()[-1]))
