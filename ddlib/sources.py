@@ -156,9 +156,10 @@ def outdated(root: str | Path = ".", lock: dict | None = None) -> dict[str, str]
     return out
 
 
-def _describe(entries: list, ignore: set[str]) -> str:
+def _describe(entries: list, ignore: set[str], root: Path | None = None) -> str:
     """DVC's status entries for one stage as one line ('changed deps: ddlib/x.py (modified); ...'), leaving
-    out missing files under (or folders holding) the paths in `ignore`."""
+    out missing files under (or folders holding) the paths in `ignore`; with `root`, also a folder holding
+    such paths that is 'modified' only because none of them is there (a clone has the folder for a .gitignore)."""
     parts = []
     for entry in entries:
         if isinstance(entry, str):
@@ -167,10 +168,16 @@ def _describe(entries: list, ignore: set[str]) -> str:
         for kind, files in entry.items():
             shown = [f"{path} ({state})" for path, state in sorted(files.items())
                      if not (state in ("deleted", "not in cache") and
-                             any(_within(path, p) or _within(p, path) for p in ignore))]
+                             any(_within(path, p) or _within(p, path) for p in ignore))
+                     and not (state == "modified" and root is not None and _holds_only_missing(root, path, ignore))]
             if shown:
                 parts.append(f"{kind}: " + ", ".join(shown))
     return "; ".join(parts)
+
+
+def _holds_only_missing(root: Path, folder: str, ignore: set[str]) -> bool:
+    held = [p for p in ignore if p != folder and _within(p, folder)]
+    return bool(held) and not any((root / p).exists() for p in held)
 
 
 def _within(path: str, folder: str) -> bool:
@@ -217,7 +224,7 @@ def stale(stages: list[str], root: str | Path | None = None, *, missing_ok: bool
     producer = {o["path"]: stage for stage, entry in recorded.items() for o in entry.get("outs", [])}
     direct = {}
     for stage, entries_ in _status(root).items():
-        if why := _describe(entries_, set(producer) if missing_ok else set()):
+        if why := _describe(entries_, set(producer) if missing_ok else set(), root if missing_ok else None):
             direct[stage] = why   # a stale fingerprint stage itself (code, inputs) is not followed: see reads()
     for stage, why in outdated(root, lock).items():
         direct[stage] = f"{direct[stage]}; {why}" if stage in direct else why

@@ -138,3 +138,14 @@ def test_dvc_status_lines_leave_out_missing_upstream_outputs():
     # a file inside a produced folder: the manifests of the `code` stage's results/code in a fresh clone
     assert sources._describe([{"changed deps": {"results/code/prepare.json": "deleted"}}], {"results/code"}) == ""
     assert sources._describe([{"changed deps": {"results/codex.json": "deleted"}}], {"results/code"}) != ""
+
+
+def test_a_clone_s_folder_of_missing_outputs_is_not_a_change(tmp_path):
+    """A fresh clone has data/x/buffers/ (DVC's .gitignore is committed) without the outputs in it."""
+    (tmp_path / "data" / "x" / "buffers").mkdir(parents=True)
+    entries = [{"changed deps": {"data/x/buffers": "modified"}}]
+    produced = {"data/x/buffers/plain", "data/x/buffers/flat"}
+    assert sources._describe(entries, produced, tmp_path) == ""
+    (tmp_path / "data" / "x" / "buffers" / "plain").mkdir()             # one of them there: a real change
+    assert sources._describe(entries, produced, tmp_path) == "changed deps: data/x/buffers (modified)"
+    assert sources._describe(entries, produced) == "changed deps: data/x/buffers (modified)"
