@@ -166,6 +166,13 @@ def apply_dsa(x: torch.Tensor, p: DsaParams) -> torch.Tensor:
     return _OPS[p.op](x, p.values)
 
 
+def apply_per_group(x: torch.Tensor, draws: list[DsaParams]) -> torch.Tensor:
+    """x split into len(draws) equal consecutive groups (class-major batches), group i under draws[i]."""
+    if len(x) % len(draws):
+        raise ValueError(f"{len(x)} images do not split into {len(draws)} equal groups")
+    return torch.cat([apply_dsa(xg, p) for xg, p in zip(x.chunk(len(draws)), draws)])
+
+
 def dsa(x: torch.Tensor, strategy: str, gen: torch.Generator, siamese: bool = False) -> torch.Tensor:
     """Sample and apply: one shared draw if `siamese`, else one draw per image."""
     return apply_dsa(x, sample_dsa(strategy, gen, None if siamese else x.shape[0]))

@@ -320,14 +320,16 @@ class LabeledImages:
             self._by_class = list(torch.split(torch.argsort(y, stable=True), counts))
         return self._by_class
 
-    def sample_class(self, c: int, n: int, gen: torch.Generator) -> torch.Tensor:
-        """n random images of class c: without replacement when the class has n, else with."""
+    def sample_index(self, c: int, n: int, gen: torch.Generator) -> torch.Tensor:
+        """Indices (CPU) of n random images of class c: without replacement when the class has n, else with."""
         idx = self.class_indices()[c]
         if n <= len(idx):
-            pick = torch.randperm(len(idx), generator=gen)[:n]
-        else:
-            pick = torch.randint(len(idx), (n,), generator=gen)
-        return self.x[idx[pick].to(self.x.device)]
+            return idx[torch.randperm(len(idx), generator=gen)[:n]]
+        return idx[torch.randint(len(idx), (n,), generator=gen)]
+
+    def sample_class(self, c: int, n: int, gen: torch.Generator) -> torch.Tensor:
+        """n random images of class c (`sample_index`'s draw)."""
+        return self.x[self.sample_index(c, n, gen).to(self.x.device)]
 
     def to(self, device: str | torch.device) -> LabeledImages:
         """The same split on another device (the cached class indices stay on the CPU)."""

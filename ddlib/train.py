@@ -100,7 +100,7 @@ def fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: fl
     return history
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
     """Top-1 accuracy in percent (eval mode, no gradients)."""
     net.eval()

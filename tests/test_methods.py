@@ -37,9 +37,13 @@ def test_gradient_distance_variants_by_hand():
 
 
 def test_mean_embedding_distance_by_hand():
-    emb_real = torch.tensor([[1.0, 2.0], [3.0, 4.0]])   # mean (2, 3)
-    emb_syn = torch.tensor([[0.0, 0.0]])
+    emb_real = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])   # one class, mean (2, 3)
+    emb_syn = torch.tensor([[[0.0, 0.0]]])
     assert dm.mean_embedding_distance(emb_real, emb_syn).item() == pytest.approx(13.0)
+    # two classes (class-major): the class-1 real mean (0, 1) against its synthetic (1, 1) adds 1
+    two_real = torch.cat([emb_real, torch.tensor([[[0.0, 0.0], [0.0, 2.0]]])])
+    two_syn = torch.cat([emb_syn, torch.tensor([[[1.0, 1.0]]])])
+    assert dm.mean_embedding_distance(two_real, two_syn).item() == pytest.approx(14.0)
 
 
 def test_herding_is_the_argmin_rule():

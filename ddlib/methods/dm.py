@@ -44,27 +44,40 @@ class Config:
 
 
 def mean_embedding_distance(emb_real: torch.Tensor, emb_syn: torch.Tensor) -> torch.Tensor:
-    """|| mean(emb_real) - mean(emb_syn) ||^2 for (n, d) and (m, d) feature batches."""
-    return ((emb_real.mean(0) - emb_syn.mean(0)) ** 2).sum()
+    """sum_c || mean(emb_real[c]) - mean(emb_syn[c]) ||^2 for class-major (k, n, d) and (k, m, d) features."""
+    return ((emb_real.mean(1) - emb_syn.mean(1)) ** 2).sum()
+
+
+def draw(real: LabeledImages, state: loop.State, cfg: Config) -> tuple[torch.Tensor, list]:
+    """Each class's real batch (indices) and, with DSA, its one Siamese draw, in the order the per-class
+    reference (bench/reference.py) takes them from the generator."""
+    index, transforms = [], []
+    for c in range(real.spec.num_classes):
+        index.append(real.sample_index(c, cfg.batch_real, state.gen))
+        if cfg.dsa:
+            transforms.append(augment.sample_dsa(real.spec.dsa_strategy, state.gen))
+    return torch.cat(index), transforms
 
 
 def step(state: loop.State, real: LabeledImages, cfg: Config) -> float:
-    """One DM iteration: new random embedding, class-wise mean matching, one image update."""
-    spec = real.spec
+    """One DM iteration: new random embedding, class-wise mean matching, one image update.
+
+    Every class is drawn first (in the per-class reference's order), then the real images of all classes go
+    through the network together without autograd and the synthetic ones in one call, each class under its
+    own transform: the loss equals bench/reference.py's per-class step to float rounding (tests/test_methods.py)."""
+    spec, device = real.spec, state.x_syn.device
     net = nets.make_net(cfg.model, spec.channels, spec.num_classes, spec.im_size,
-                        seed=loop.new_seed(state.gen)).to(state.x_syn.device)
+                        seed=loop.new_seed(state.gen)).to(device)
     net.requires_grad_(False)  # psi is a fixed random feature map; only the images learn
-    ipc = len(state.x_syn) // spec.num_classes
-    loss = 0.0
-    for c in range(spec.num_classes):
-        x_real = real.sample_class(c, cfg.batch_real, state.gen).to(state.x_syn.device)
-        x_syn = state.x_syn[c * ipc:(c + 1) * ipc]
+    k = spec.num_classes
+    index, transforms = draw(real, state, cfg)
+    with torch.inference_mode():   # the real side needs no autograd
+        x_real = real.x[index.to(real.x.device)].to(device)
         if cfg.dsa:
-            p = augment.sample_dsa(spec.dsa_strategy, state.gen)   # one draw shared by real and synthetic
-            x_real, x_syn = augment.apply_dsa(x_real, p), augment.apply_dsa(x_syn, p)
-        with torch.no_grad():
-            emb_real = net.embed(x_real)
-        loss = loss + mean_embedding_distance(emb_real, net.embed(x_syn))
+            x_real = augment.apply_per_group(x_real, transforms)
+        emb_real = nets.embed_chunked(net, x_real).view(k, cfg.batch_real, -1).mean(1, keepdim=True)
+    x_syn = augment.apply_per_group(state.x_syn, transforms) if cfg.dsa else state.x_syn
+    loss = mean_embedding_distance(emb_real.clone(), net.embed(x_syn).view(k, len(x_syn) // k, -1))
     return loop.update(state, loss)
 
 
