@@ -125,6 +125,27 @@ def compile_probe(real, device, epochs: int = 20) -> dict:
     return out
 
 
+def vmap_probe(real, device, sizes=(16, 64, 256)) -> dict:
+    """DC's real side, measured and not adopted: the ten per-class gradients as a loop of autograd.grad calls
+    vs one torch.func.vmap(grad(...)) over the classes, at several real batches per class."""
+    from torch.func import functional_call, grad, vmap
+    net = nets.make_net("convnet", 1, 10, (28, 28), seed=0).to(device)
+    params_ = {k: v.detach() for k, v in net.named_parameters()}
+
+    def loss(p, xb, yb):
+        return F.cross_entropy(functional_call(net, p, (xb,)), yb)
+    batched = vmap(grad(loss), in_dims=(None, 0, 0))
+    out = {}
+    for n in sizes:
+        x = torch.stack([real.x[real.sample_index(c, n, torch.Generator().manual_seed(c))] for c in range(10)])
+        y = torch.arange(10, device=device)[:, None].expand(10, n)
+        per_class = lambda: [torch.autograd.grad(F.cross_entropy(net(x[c]), y[c]), list(net.parameters()))  # noqa: E731
+                             for c in range(10)]
+        out[n] = {"loop_s": best_time(per_class, device, 3), "vmap_s": best_time(lambda: batched(params_, x, y),
+                                                                                   device, 3)}
+    return out
+
+
 def timed(fn, device) -> float:
     sync(device)
     start = time.perf_counter()
@@ -146,6 +167,7 @@ def main() -> None:
     ap.add_argument("--eval-epochs", type=int, default=100)
     ap.add_argument("--data-root", default=str(ROOT / "data"))
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile (compile_probe)")
+    ap.add_argument("--vmap", action="store_true", help="also measure vmap per-class gradients (vmap_probe)")
     args = ap.parse_args()
     runtime.set_threads()
     device = runtime.resolve_device("auto")
@@ -189,8 +211,12 @@ def main() -> None:
               f"({compiled['train_speedup']:.2f}x; first call {c['train_first_s']:.1f} s), DM real side "
               f"{e['embed_2560_s']:.3f} -> {c['embed_2560_s']:.3f} s ({compiled['embed_speedup']:.2f}x; first call "
               f"{c['embed_first_s']:.1f} s); inductor cache existed: {compiled['inductor_cache_existed']}")
+    vmapped = vmap_probe(real, device) if args.vmap else None
+    if vmapped:
+        print("per-class real gradients, loop vs vmap (s): " + ", ".join(
+            f"{n}/class {v['loop_s']:.3f} vs {v['vmap_s']:.3f}" for n, v in vmapped.items()))
     out = ROOT / "bench" / f"results-units-{device.type}.json"
-    out.write_text(json.dumps({**probe, "compile": compiled, "eval_epochs": args.eval_epochs, "repeats": args.repeats,
+    out.write_text(json.dumps({**probe, "compile": compiled, "vmap": vmapped, "eval_epochs": args.eval_epochs, "repeats": args.repeats,
                                **provenance.record(device), "rows": rows}, indent=1) + "\n")
     print("wrote", out)
 

@@ -61,8 +61,9 @@ def dm_step(state: loop.State, real, cfg) -> float:
 
 
 def dc_step(state: loop.State, real, cfg) -> float:
-    """DC/DSA's outer iteration on the reference network. Issue 7 left dc.step and its per-class matching loss
-    as they were (per-class gradients have no faster batched form on the CPU: bench/README.md); what
-    changed under it is the network's layers, so the reference is dc.step building torch-pooling nets."""
+    """DC/DSA's outer iteration on the reference network. Issue 7 left dc.step and its per-class matching
+    loss as they were (per-class gradients by torch.func.vmap run ~2x slower than the loop on the CPU: README,
+    Performance); what changed under it is the network's layers, so the reference is dc.step on torch-pooling
+    nets."""
     with mock.patch.object(dc.nets, "make_net", make_net):
         return dc.step(state, real, cfg)
