@@ -3,7 +3,7 @@
 These are ddlib's DM and DC/DSA steps and the evaluation network as they were before the performance work
 (issue 7): one class at a time through the network, the real side under `no_grad`, torch's own
 `nn.AvgPool2d` and a padded first convolution. They draw from the generator in the same order as the fast
-code, so on a fixed seed both give the same loss to float rounding; tests/test_fast.py checks exactly that,
+code, so on a fixed seed both give the same loss to float rounding; tests/test_methods.py checks exactly that (tests/test_nets.py the layers),
 and bench/bench_units.py times both in one process.
 """
 
