@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import reference  # noqa: E402
 
 from ddlib import augment, data, evaluate, loop, methods, nets, params, provenance, runtime  # noqa: E402
-from ddlib.train import accuracy, fit  # noqa: E402
+from ddlib.train import fit  # noqa: E402
 
 
 def sync(device):
@@ -77,26 +77,19 @@ def method_unit(name: str, ipc: int, overrides: dict, real, device):
 def eval_unit(real, test, epochs: int, device):
     """One evaluation model on a random IPC-10 set: `epochs` epochs of the protocol with DSA, then the test."""
     synset = methods.distill("random", real, ipc=10, device=device)
-    x, y = synset.images.to(device), synset.labels.to(device)
-    x_test, y_test = test.x.to(device), test.y.to(device)
-    strategy = real.spec.dsa_strategy
     protocol = evaluate.Protocol(epochs=epochs, num_seeds=1)
 
     def fast():
         return evaluate.evaluate(synset, test, protocol, device=device)["mean"]
 
     def ref():
-        net = reference.make_net("convnet", 1, 10, (28, 28), seed=0).to(device)
-        aug = (lambda xb, gen: augment.dsa(xb, strategy, gen))
-        fit(net, x, y, epochs=epochs, lr=0.01, batch_size=256, decay_at=epochs // 2 + 1, aug=aug,
-            gen=torch.Generator().manual_seed(0))
-        return accuracy(net, x_test, y_test)
+        return reference.evaluate(synset, test, protocol, device=device)["mean"]
     return fast, ref
 
 
 def compile_probe(real, device, epochs: int = 20) -> dict:
     """torch.compile (inductor), measured and not adopted: the evaluation network's training (IPC 10, DSA) and
-    DM's real-side embedding of 2,560 images, eager vs compiled. `first_s` is the first call, compilation
+    DM's real-side embedding of 2,560 images, eager vs compiled. `*_first_s` is the first call, compilation
     included (faster when inductor's on-disk cache already holds the graph, as after any earlier run here)."""
     import os
     import tempfile

@@ -14,7 +14,7 @@ from unittest import mock
 import torch
 from torch import nn
 
-from ddlib import augment, loop, nets
+from ddlib import augment, evaluate as evaluation, loop, nets
 from ddlib.methods import dc
 
 
@@ -67,3 +67,9 @@ def dc_step(state: loop.State, real, cfg) -> float:
     nets."""
     with mock.patch.object(dc.nets, "make_net", make_net):
         return dc.step(state, real, cfg)
+
+
+def evaluate(synset, test, protocol, *, device):
+    """The evaluation protocol (evaluate.evaluate, unchanged) training reference networks."""
+    with mock.patch.object(evaluation.nets, "make_net", make_net):
+        return evaluation.evaluate(synset, test, protocol, device=device)
