@@ -65,6 +65,11 @@ def _eval_lr(synset: SyntheticSet, protocol: Protocol) -> float:
     return float(protocol.lr)
 
 
+def test_split(test: LabeledImages, protocol: Protocol) -> LabeledImages:
+    """The test images a protocol scores on: the full split or its fixed stratified subset (seed-independent)."""
+    return test.subset(protocol.test_subset, torch.Generator().manual_seed(12345)) if protocol.test_subset else test
+
+
 def evaluate(synset: SyntheticSet, test: LabeledImages, protocol: Protocol = Protocol(), *,
              device: str | torch.device = "auto", seed: int = 0, progress=None) -> dict:
     """Train `protocol.num_seeds` fresh nets on the set; returns accs (percent), mean, std and provenance."""
@@ -76,8 +81,7 @@ def evaluate(synset: SyntheticSet, test: LabeledImages, protocol: Protocol = Pro
         raise ValueError(f"the {synset.method!r} set is {'in' if synset.zca else 'not in'} ZCA space but the "
                          f"test split is {'whitened' if test.zca else 'not'}; load it with "
                          f"zca.load_split(..., whiten={synset.zca})")
-    if protocol.test_subset:  # fixed subset, independent of the evaluation seed
-        test = test.subset(protocol.test_subset, torch.Generator().manual_seed(12345))
+    test = test_split(test, protocol)
     x_test, y_test = test.x.to(device), test.y.to(device)
     x, y = synset.images.to(device), synset.labels.to(device)
     strategy = test.spec.dsa_strategy

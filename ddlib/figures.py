@@ -13,7 +13,8 @@ import torch
 from matplotlib.figure import Figure
 
 
-METHOD_ORDER = ("random", "herding", "kcenter", "dc", "dsa", "dm", "mtt", "ftd", "tesla", "datm")  # by family
+METHOD_ORDER = ("random", "herding", "kcenter", "dc", "dsa", "dm", "mtt", "ftd", "tesla", "datm", "kip", "frepo",
+                "rfad")  # by family
 DATASET_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "svhn": "SVHN", "cifar10": "CIFAR-10",
                  "cifar100": "CIFAR-100", "tinyimagenet": "TinyImageNet"}
 MIN_SECONDS = 0.01  # log-x cannot show 0 s (random selection); such points are drawn here and flagged

@@ -43,8 +43,9 @@ class State:
     opt: torch.optim.Optimizer         # optimizer over x_syn (and any learned extras, one param group each)
     gen: torch.Generator               # every random draw of the method comes from here
     iteration: int = 0
-    # checkpointed with the state; `distill` packages three names: "lr" (a learned evaluation step size),
-    # "labels" (learned label logits: the set gets their softmax) and "ema" (images evaluated instead of x_syn)
+    # checkpointed with the state; `distill` packages four names: "lr" (a learned evaluation step size),
+    # "labels" (learned label logits: the set gets their softmax), "ema" (images evaluated instead of x_syn) and
+    # "targets" (a kernel method's learned regression targets: SyntheticSet.targets, the labels stay hard)
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def state_dict(self) -> dict:
@@ -188,12 +189,13 @@ def run(state: State, step: Callable[[State], float], *, iterations: int, device
 
 def finish(x: torch.Tensor, y: torch.Tensor, *, method: str, real, ipc: int, params: dict, device: torch.device,
            seed: int, wall_time_s: float, peak_mem_mb: float, iterations: int = 0, lr: float | None = None,
-           zca: bool = False, extra: dict | None = None) -> SyntheticSet:
+           zca: bool = False, extra: dict | None = None, targets: torch.Tensor | None = None) -> SyntheticSet:
     """Package the result of any method (selection or optimisation) as a SyntheticSet with provenance."""
     prov = {**provenance.record(device), "seed": seed, "wall_time_s": wall_time_s, "peak_mem_mb": peak_mem_mb,
             "iterations": iterations, **(extra or {})}
     return SyntheticSet(images=x.detach().cpu().float(), labels=y.detach().cpu(), method=method,
-                        dataset=real.spec.name, ipc=ipc, lr=lr, zca=zca, params=params, provenance=prov)
+                        dataset=real.spec.name, ipc=ipc, lr=lr, zca=zca, params=params, provenance=prov,
+                        targets=None if targets is None else targets.detach().cpu().float())
 
 
 def init_state(real, ipc: int, *, init: str, lr_img: float, momentum: float, gen: torch.Generator,
@@ -222,9 +224,10 @@ def distill(method: str, step: Callable[[State], float], real, cfg, *, ipc: int,
             checkpoint: str | Path | None = None, setup: Callable[[State], None] | None = None,
             zca: bool = False) -> SyntheticSet:
     """The whole life of an iterative method: init the synthetic set from `cfg` (then `setup(state)`, which may
-    add learned extras or change the init), run `step`, package it (see State.extra for learned extras)."""
+    add learned extras, change the init or replace the optimizer), run `step`, package it (see State.extra for learned extras)."""
     gen = torch.Generator().manual_seed(seed)
-    state = init_state(real, ipc, init=cfg.init, lr_img=cfg.lr_img, momentum=cfg.momentum, gen=gen, device=device)
+    state = init_state(real, ipc, init=cfg.init, lr_img=cfg.lr_img, momentum=getattr(cfg, "momentum", 0.0), gen=gen,
+                       device=device)
     if setup is not None:
         setup(state)
     iterations = params.per_ipc(cfg.iterations, ipc, "iterations")
@@ -238,5 +241,6 @@ def distill(method: str, step: Callable[[State], float], real, cfg, *, ipc: int,
     return finish(extra.get("ema", state.x_syn), labels, method=method, real=real, ipc=ipc, params=asdict(cfg),
                   device=device, seed=seed, wall_time_s=info.wall_time_s, peak_mem_mb=info.peak_mem_mb,
                   iterations=info.iterations, lr=float(extra["lr"].detach()) if "lr" in extra else None, zca=zca,
+                  targets=extra.get("targets"),
                   extra={"iterations_planned": iterations, "stopped_by": info.stopped_by,
                          "resumed_from": info.resumed_from, "loss_history": info.history})

@@ -186,3 +186,17 @@ def published(method: str, dataset: str, ipc: int | None) -> Published | None:
     if method == "whole":
         ipc = None  # the whole-dataset row has no IPC; accept 0 as well
     return TABLE.get((method, dataset, ipc))
+
+
+# Kernel methods' own recipe (KRR prediction from the set, no network): the KIP-ConvNet paper's KRR rows
+# (methods.md §3.1/§3.2 [P], id 61934210565), ConvNet kernel. The survey's Table 1 holds their network numbers.
+KIP_KRR = "KIP-ConvNet paper (NeurIPS 2021), KRR with the ConvNet kernel, via methods.md [P]"
+_OWN = {("kip", "fashion_mnist", 1): "76.7 ± 0.2", ("kip", "fashion_mnist", 10): "88.8 ± 0.1",
+        ("kip", "fashion_mnist", 50): "91.0 ± 0.1", ("kip", "cifar10", 1): "63.4 ± 0.1",
+        ("kip", "cifar10", 10): "75.5 ± 0.1", ("kip", "cifar10", 50): "79.7 ± 0.1"}
+OWN: dict[tuple[str, str, int], Published] = {k: Published(*_parse(v), KIP_KRR) for k, v in _OWN.items()}
+
+
+def published_own(method: str, dataset: str, ipc: int) -> Published | None:
+    """The published number of a method's own evaluation recipe (KRR), or None."""
+    return OWN.get((method, dataset, ipc))

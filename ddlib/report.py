@@ -24,7 +24,7 @@ import torch
 
 from . import figures, results
 from .figures import DATASET_NAMES, method_rank
-from .published import published
+from .published import published, published_own
 
 MAX_LOSS_POINTS = 500   # per cell in reports/plots/loss.json (the paper profile logs 20,000 iterations)
 
@@ -76,7 +76,7 @@ def rows_for(collected: dict[str, dict], cells, stale: dict[str, str] | None) ->
         else:
             row["status"] = "ok"
         if row["status"] != "ok":   # a refused number must not reach any table, figure or data file
-            row.update(acc_mean=None, acc_std=None, accs=None)
+            row.update(acc_mean=None, acc_std=None, accs=None, own_mean=None, own_std=None)
         rows.append(row)
     return rows
 
@@ -150,6 +150,7 @@ def table_markdown(rows: list[dict], dataset: str, *, checked: bool | None = Non
            f"mean ± std, Lei & Tao 2024 Table 1). Whole training set (published): "
            f"{_pm(whole.mean, whole.std) if whole else '-'}. Profile: {', '.join(profiles) or '-'}.", ""]
     out += _md_table(["method"] + [f"IPC {i}" for i in ipcs], body)
+    out += own_markdown(cell, methods, ipcs, dataset)
     if checked is not None:
         out += ["", "Every number above was checked against `dvc.lock` when this page was made (`dvc status` of its "
                     "distill and evaluate stages): its code, params and data are the current ones." if checked else
@@ -158,6 +159,29 @@ def table_markdown(rows: list[dict], dataset: str, *, checked: bool | None = Non
     if notes:
         out += ["", "Notes:", "", *notes]
     return "\n".join(out) + "\n"
+
+
+def own_markdown(cell: dict, methods: list[str], ipcs: list[int], dataset: str) -> list[str]:
+    """The second, labelled table: each method's own evaluation recipe (kernel methods: KRR from the set with its
+    learned targets, no network), for the methods that have one. Never merged into the table above."""
+    own = [m for m in methods if any(cell.get((m, i), {}).get("own_mean") is not None for i in ipcs)]
+    if not own:
+        return []
+    body, recipes = [], []
+    for m in own:
+        line = [m]
+        for ipc in ipcs:
+            r, pub = cell.get((m, ipc), {}), published_own(m, dataset, ipc)
+            ours = _pm(r.get("own_mean"), None) if r.get("own_mean") is not None else "-"
+            line.append(f"{ours} ({_pm(pub.mean, pub.std) if pub else '-'})")
+            if r.get("own_recipe"):
+                recipes.append(f"- {m} IPC {ipc}: {r['own_recipe']}")
+        body.append(line)
+    sources = sorted({p.source for m in own for i in ipcs if (p := published_own(m, dataset, i))})
+    return ["", "Own evaluation recipe (%), a separate protocol: the method's published evaluation, here KRR from "
+                "the synthetic set with its learned targets straight to the same test images, no network "
+                f"trained: ours, one value (published: {'; '.join(sources) or '-'}).", "",
+            *_md_table(["method"] + [f"IPC {i}" for i in ipcs], body), "", *dict.fromkeys(recipes)]
 
 
 def _provenance(rows: list[dict]) -> list[str]:

@@ -57,6 +57,9 @@ def row(k: str, d: dict, e: dict, synset_path: str | None = None, **ident) -> di
     return {
         "key": k, "method": ident["method"], "dataset": ident["dataset"], "ipc": int(ident["ipc"]),
         "acc_mean": e.get("mean"), "acc_std": e.get("std"), "accs": e.get("accs"), "seeds": e.get("seeds"),
+        # a method's own recipe (kernel methods' KRR), never mixed with the common protocol's numbers
+        "own_mean": (e.get("own") or {}).get("mean"), "own_std": (e.get("own") or {}).get("std"),
+        "own_recipe": (e.get("own") or {}).get("recipe"),
         "eval_profile": e.get("profile"), "protocol": e.get("protocol"), "eval_device": e.get("device"),
         "eval_wall_time_s": e.get("wall_time_s"), "eval_synset_sha256": e.get("synset_sha256"),
         "distill_profile": d.get("profile"), "wall_time_s": d.get("wall_time_s"),

@@ -17,6 +17,8 @@ class SyntheticSet:
     images: (N, C, H, W) float32 in the dataset's normalised (or ZCA) space, on CPU.
     labels: hard (N,) int64, or soft (N, K) float class probabilities.
     lr: learned evaluation step size (MTT family), else None.
+    targets: (N, K) float regression targets learned by a kernel method (KIP, FRePo, RFAD), read by its own
+        KRR recipe; the common protocol trains on `labels`. None for every other method.
     """
 
     images: torch.Tensor
@@ -28,6 +30,7 @@ class SyntheticSet:
     zca: bool = False
     params: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    targets: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.images.dim() != 4:
@@ -53,6 +56,9 @@ class SyntheticSet:
             digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
             digest.update(t.numpy().tobytes())
         digest.update(repr(self.lr).encode())
+        if self.targets is not None:   # only sets that carry targets hash them: older hashes are unchanged
+            t = self.targets.detach().cpu().contiguous()
+            digest.update(f"{t.dtype}{tuple(t.shape)}".encode() + t.numpy().tobytes())
         return digest.hexdigest()
 
     def save(self, path: str | Path) -> Path:
@@ -61,6 +67,8 @@ class SyntheticSet:
         path.parent.mkdir(parents=True, exist_ok=True)
         record = asdict(self)
         record["images"], record["labels"] = self.images.detach().cpu(), self.labels.detach().cpu()
+        if self.targets is not None:
+            record["targets"] = self.targets.detach().cpu()
         tmp = path.with_suffix(path.suffix + ".tmp")
         torch.save(record, tmp)
         os.replace(tmp, path)

@@ -2,8 +2,9 @@
 
 Every method module exposes `ID`, a frozen `Config` dataclass whose defaults are the paper's values, and
 `distill(real, cfg, *, ipc, device, seed, checkpoint=None) -> SyntheticSet`. Four shapes occur: selection
-(random, herding, kcenter), single-level matching (dm), bilevel matching with an inner loop (dc, dsa) and
-trajectory matching against expert trajectories (mtt, ftd, tesla, datm).
+(random, herding, kcenter), single-level matching (dm), bilevel matching with an inner loop (dc, dsa),
+trajectory matching against expert trajectories (mtt, ftd, tesla, datm) and kernel ridge regression (kip,
+frepo, rfad; these may add `own_evaluation`, their papers' recipe, reported beside the common protocol).
 
 A method that reads shared inputs besides the dataset (expert buffers, a ZCA transform) says which in
 `inputs(cfg, *, dataset, ipc, data_root) -> [paths]` and takes `data_root` in `distill`; the pipeline's
@@ -26,7 +27,7 @@ from .. import runtime
 from ..data import LabeledImages
 from ..synset import SyntheticSet
 
-IDS = ("random", "herding", "kcenter", "dm", "dc", "dsa", "mtt", "ftd", "tesla", "datm")
+IDS = ("random", "herding", "kcenter", "dm", "dc", "dsa", "mtt", "ftd", "tesla", "datm", "kip", "frepo", "rfad")
 
 
 def available() -> list[str]:
@@ -69,6 +70,21 @@ def inputs(name: str, params: dict | None, *, dataset: str, ipc: int, data_root:
 def uses_zca(name: str, params: dict | None, ipc: int) -> bool:
     """Whether the method works on ZCA-whitened images at this IPC (zca.load_split gives it that space)."""
     return bool(getattr(params_.at_ipc(make_config(name, params), ipc), "zca", False))
+
+
+def own_evaluation(name: str, synset: SyntheticSet, test: LabeledImages, *, params: dict | None,
+                   device="auto") -> dict | None:
+    """A method's own evaluation recipe (KIP/RFAD: KRR with the learned targets), or None for methods that have
+    none: {"recipe": what it is, "accs": [...], "mean", "std"}, reported in its own, labelled column."""
+    module = get(name)
+    if not hasattr(module, "own_evaluation"):
+        return None
+    if synset.method != name:
+        raise ValueError(f"own evaluation of {name!r} asked for a {synset.method!r} set")
+    out = module.own_evaluation(synset, test, make_config(name, params), device=runtime.resolve_device(device))
+    accs = out["accs"]
+    mean = sum(accs) / len(accs)
+    return {**out, "mean": mean, "std": (sum((a - mean) ** 2 for a in accs) / len(accs)) ** 0.5}
 
 
 def distill(name: str, real: LabeledImages, *, ipc: int, params: dict | None = None, device="auto",
