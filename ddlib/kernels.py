@@ -34,19 +34,30 @@ from . import nets
 
 W_VAR, B_VAR = 2.0, 0.01      # KIP's neural-tangents nets: W_std = sqrt(2), b_std = 0.1
 KERNELS = ("fc_nngp", "fc_ntk", "conv_nngp", "conv_ntk")
-_EPS = 1e-6                   # |cos t| <= 1 - eps: arccos stays differentiable (exact 1 only on a diagonal)
+# |cos t| <= 1 - eps keeps arccos differentiable (cos t = 1 exactly on a diagonal); it costs the NTK's diagonal
+# ~sqrt(2 eps)/pi relative: 5e-4 in float32, 5e-7 in float64 (tests/test_kernels.py, against neural-tangents)
+_EPS = {torch.float32: 1e-6, torch.float64: 1e-12}
+CHUNK_ELEMENTS = 2**23         # entries of one (rows, n2, window, H, W) tensor of the conv recursion (32 MB fp32)
 
 
-def relu_moments(s12, s11, s22):
-    """E[relu(u) relu(v)] and E[relu'(u) relu'(v)] for (u, v) ~ N(0, [[s11, s12], [s12, s22]]); zero where a
-    variance is zero (a padded position)."""
-    prod = s11 * s22
-    live = prod > 0
-    norm = torch.sqrt(torch.where(live, prod, torch.ones_like(prod)))
-    cos = (s12 / norm).clamp(-1 + _EPS, 1 - _EPS)
-    t = torch.arccos(cos)
-    e = norm / (2 * math.pi) * (torch.sin(t) + (math.pi - t) * cos)
-    return e * live, (math.pi - t) / (2 * math.pi) * live
+def _sd(v: torch.Tensor) -> torch.Tensor:
+    """sqrt(v), 0 where v = 0 (a padded position), with a finite gradient there."""
+    live = v > 0
+    return torch.sqrt(torch.where(live, v, torch.ones_like(v))) * live
+
+
+def _inv(sd: torch.Tensor) -> torch.Tensor:
+    return torch.where(sd > 0, 1 / torch.where(sd > 0, sd, torch.ones_like(sd)), torch.zeros_like(sd))
+
+
+def relu_moments(s12, sd1, sd2):
+    """E[relu(u) relu(v)] and E[relu'(u) relu'(v)] for (u, v) ~ N(0, [[sd1^2, s12], [s12, sd2^2]]), given the
+    standard deviations (small tensors broadcast against s12; 0 at a padded position, where E = 0)."""
+    eps = _EPS.get(s12.dtype, 1e-3)   # half precision: coarse
+    cos = (s12 * _inv(sd1) * _inv(sd2)).clamp(-1 + eps, 1 - eps)
+    u = math.pi - torch.arccos(cos)
+    e = (torch.sqrt(1 - cos * cos) + u * cos) * (sd1 / (2 * math.pi)) * sd2   # sin(arccos c) = sqrt(1 - c^2)
+    return e, u / (2 * math.pi)
 
 
 def fc(x1: torch.Tensor, x2: torch.Tensor, *, depth: int = 1, ntk: bool = True, w_var: float = W_VAR,
@@ -59,7 +70,7 @@ def fc(x1: torch.Tensor, x2: torch.Tensor, *, depth: int = 1, ntk: bool = True, 
     s22 = w_var * (x2 * x2).sum(1)[None] / d + b_var
     theta = s12
     for _ in range(depth):
-        e, edot = relu_moments(s12, s11, s22)
+        e, edot = relu_moments(s12, _sd(s11), _sd(s22))
         s12 = w_var * e + b_var
         theta = s12 + w_var * edot * theta
         s11, s22 = w_var * s11 / 2 + b_var, w_var * s22 / 2 + b_var   # E[relu(u)^2] = s/2
@@ -75,10 +86,10 @@ def _shift(v: torch.Tensor, r: int) -> torch.Tensor:
 
 
 def _box3(k: torch.Tensor) -> torch.Tensor:
-    """Mean over the 3x3 neighbourhood of each position (zero outside): a 3x3 conv's fan-in average."""
+    """Sum over the 3x3 neighbourhood of each position (zero outside): a 3x3 conv's fan-in, times 9."""
     kp = F.pad(k, (1, 1, 1, 1))
     rows = kp[..., :-2, :] + kp[..., 1:-1, :] + kp[..., 2:, :]
-    return (rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]) / 9
+    return rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]
 
 
 def _pool_axis(k: torch.Tensor, r_out: int, dim_d: int, dim_p: int) -> torch.Tensor:
@@ -100,17 +111,18 @@ def _pool(k: torch.Tensor, r_out: int) -> torch.Tensor:
 
 def _conv_pass(k, depth, w_var, b_var, variances):
     """The ConvNet recursion on input-covariance windows k (A, B, D, D, H, W); `variances(l, k)` gives each
-    side's pre-activation variance maps at block l. Returns the readout's (NNGP, NTK), each (A, B)."""
-    theta = None
+    side's pre-activation standard deviations at block l (broadcastable to k). Returns the readout's (NNGP, NTK), each (A, B)."""
+    theta, trimmed, w9 = None, False, w_var / 9
     for block in range(depth):
         r = (k.shape[-3] - 1) // 2
         mask = _shift(torch.ones(k.shape[-2:], dtype=k.dtype, device=k.device), r)  # pos + delta inside
-        k = k * mask   # an odd side's pooled-away row may sit in the window: it is outside the grid now
-        k_next = (w_var * _box3(k) + b_var) * mask
-        theta = k_next if theta is None else k_next + w_var * _box3(theta * mask) * mask
-        k = k_next
+        if trimmed:   # an odd side's pooled-away row may sit in the window: it is outside the grid now
+            k, theta = k * mask, theta * mask
+        k = (w9 * _box3(k) + b_var) * mask
+        theta = k if theta is None else k + w9 * _box3(theta) * mask
         e, edot = relu_moments(k, *variances(block, k))
-        k, theta = _pool(e, (r - 1) // 2), _pool(edot * theta, (r - 1) // 2)
+        trimmed = k.shape[-1] % 2 == 1 or k.shape[-2] % 2 == 1
+        k, theta = _pool(e, (r - 1) // 2), _pool(edot * theta, (r - 1) // 2)   # theta = 0 where e is masked
     centre = (k.shape[-3] - 1) // 2
     nngp = w_var * k[..., centre, centre, :, :].mean((-2, -1)) + b_var
     return nngp, nngp + w_var * theta[..., centre, centre, :, :].mean((-2, -1))
@@ -134,26 +146,29 @@ def conv_variances(x: torch.Tensor, *, depth: int = 3, w_var: float = W_VAR, b_v
         r = (k.shape[-3] - 1) // 2
         v = k[..., r, r, :, :]
         maps.append(v[:, 0])
-        return v[..., None, None, :, :], _shift(v, r)
+        sd = _sd(v)
+        return sd[..., None, None, :, :], _shift(sd, r)
 
     _conv_pass(k, depth, w_var, b_var, own)
     return maps
 
 
 def conv(x1: torch.Tensor, x2: torch.Tensor, *, depth: int = 3, ntk: bool = True, w_var: float = W_VAR,
-         b_var: float = B_VAR, chunk: int = 16, var1=None, var2=None) -> torch.Tensor:
-    """(n1, n2) NTK (or NNGP) of the normalisation-free ConvNet (module docstring), `chunk` rows at a time."""
+         b_var: float = B_VAR, chunk: int | None = None, var1=None, var2=None) -> torch.Tensor:
+    """(n1, n2) NTK (or NNGP) of the normalisation-free ConvNet (module docstring), `chunk` rows at a time
+    (default: as many as keep one window tensor within CHUNK_ELEMENTS)."""
     var1 = var1 if var1 is not None else conv_variances(x1, depth=depth, w_var=w_var, b_var=b_var)
     var2 = var2 if var2 is not None else conv_variances(x2, depth=depth, w_var=w_var, b_var=b_var)
     (p1, r), (p2, _) = _inputs(x1, depth), _inputs(x2, depth)
     shifted2, rows = _shift(p2, r), []
+    chunk = chunk or max(1, CHUNK_ELEMENTS // (len(p2) * shifted2[0, 0].numel()))
     for start in range(0, len(p1), chunk):
         part = slice(start, start + chunk)
         k = torch.einsum("icxy,jcabxy->ijabxy", p1[part], shifted2) / p1.shape[1]
 
         def stored(block, k, part=part):
             rb = (k.shape[-3] - 1) // 2
-            return var1[block][part][:, None, None, None], _shift(var2[block], rb)[None]
+            return _sd(var1[block][part])[:, None, None, None], _shift(_sd(var2[block]), rb)[None]
 
         rows.append(_conv_pass(k, depth, w_var, b_var, stored)[1 if ntk else 0])
     return torch.cat(rows)

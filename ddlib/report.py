@@ -236,6 +236,25 @@ def cost_markdown(rows: list[dict], dataset: str) -> str:
                       f"![accuracy vs distillation time]({dataset}_acc_vs_cost.png)", ""])
 
 
+def plot_time_to_accuracy(rows: list[dict], path: Path) -> Path:
+    """bench/bench_tta.py's measurements: accuracy of each method's set against its distillation seconds."""
+    from matplotlib.figure import Figure   # noqa: PLC0415 (drawn only when the bench file exists)
+    fig = Figure(figsize=(5.5, 3.8), dpi=100)
+    ax = fig.subplots()
+    for method in sorted({r["method"] for r in rows}, key=method_rank):
+        mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["distill_s"])
+        ax.plot([r["distill_s"] for r in mine], [r["accuracy"] for r in mine], marker="o", label=method)
+    ipc = rows[0]["ipc"] if rows else "-"
+    ax.set(xscale="log", xlabel="distillation wall time (s)", ylabel="test accuracy (%), 1 seed",
+           title=f"time to accuracy, IPC {ipc} ({rows[0]['device'] if rows else '-'})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, metadata={"Software": None})
+    return path
+
+
 def stage_times(runs_dir: str | Path) -> dict[str, float]:
     """Seconds each stage's notebook ran (papermill's record in runs/): runs/<stage>/<item>.ipynb -> stage@item."""
     root, out = Path(runs_dir), {}
@@ -342,6 +361,11 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
         written.append(figures.plot_unroll(json.loads(bench.read_text()), out / "costs" / f"unroll-{kind}.png"))
         index.append(f"- Trajectory matching, memory and time against the unroll length ({kind}, "
                      f"bench/bench_unroll.py): [costs/unroll-{kind}.png](costs/unroll-{kind}.png)")
+    for bench in sorted(Path(bench_dir).glob("results-tta-*.json")) if bench_dir else []:
+        kind = bench.stem.removeprefix("results-tta-")
+        written.append(plot_time_to_accuracy(json.loads(bench.read_text()), out / "costs" / f"tta-{kind}.png"))
+        index.append(f"- Time to accuracy, kernel methods against DM, Fashion-MNIST IPC 10 ({kind}, bench/bench_tta.py): "
+                     f"[costs/tta-{kind}.png](costs/tta-{kind}.png)")
     written.append(out / "README.md")
     written[-1].write_text("\n".join(index) + "\n")
     return written

@@ -101,6 +101,24 @@ def test_kernels_differentiate_through_both_inputs_without_nans():
         assert torch.isfinite(g1).all() and torch.isfinite(g2).all() and g1.abs().sum() > 0
 
 
+def test_kernels_match_neural_tangents():
+    """The official library's values (bench/neural_tangents_reference.py: neural-tangents 0.6.5, float64) for
+    FC depth 1-2 and ConvNet depth 1-3, on a 3x8x8 and the 1x28x28 (first-conv padding 3) input."""
+    import json
+    from pathlib import Path
+    ref = json.loads((Path(__file__).parent / "golden" / "neural_tangents.json").read_text())
+    assert ref["W_std"] ** 2 == pytest.approx(W) and ref["b_std"] ** 2 == pytest.approx(B)
+    for key, values in ref["kernels"].items():
+        name, family, depth = key.split("/")
+        spec = ref["inputs"][name]
+        x = torch.randn(spec["shape"], generator=torch.Generator().manual_seed(spec["seed"]), dtype=torch.float64)
+        fn = kernels.fc if family == "fc" else kernels.conv
+        for kind in ("nngp", "ntk"):
+            theirs = torch.tensor(values[kind], dtype=torch.float64)
+            ours = fn(x, x, depth=int(depth), ntk=kind == "ntk")
+            assert (ours - theirs).abs().max() / theirs.abs().max() < 1e-6, (key, kind)
+
+
 def test_unknown_kernel_names_the_choices():
     with pytest.raises(ValueError, match="fc_ntk"):
         kernels.kernel_fn("rbf")

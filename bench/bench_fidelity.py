@@ -1,0 +1,62 @@
+"""Equal-budget fidelity: a method with its *paper* hyper-parameters and only the iteration count cut, scored by
+the quick evaluation protocol, recorded with provenance beside the quick-profile cell of the same method.
+
+The quick profile also shrinks per-step budgets (real batch, number of models); this run keeps every paper value
+but `iterations`, so the difference between the two isolates what the per-step cuts cost.
+
+    python bench/bench_fidelity.py rfad --ipcs 1 10 --iterations 10
+    python bench/bench_fidelity.py frepo --ipcs 1 10 --iterations 200
+Appends to bench/results-fidelity-<device>.json (one record per method, IPC and iteration count; a rerun of the
+same record replaces it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    from ddlib import data, evaluate, methods, params, provenance, runtime
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("method")
+    parser.add_argument("--ipcs", type=int, nargs="+", default=[1, 10])
+    parser.add_argument("--iterations", type=int, required=True)
+    args = parser.parse_args()
+    runtime.set_threads()
+    all_params = params.load(ROOT / "params.yaml")
+    protocol = evaluate.protocol(all_params, "quick")
+    real = data.load("fashion_mnist", "train", root=ROOT / "data")
+    test = data.load("fashion_mnist", "test", root=ROOT / "data")
+    device = runtime.resolve_device("auto")
+    out = ROOT / "bench" / f"results-fidelity-{device.type}.json"
+    rows = json.loads(out.read_text()) if out.exists() else []
+    for ipc in args.ipcs:
+        paper = {**params.method_params(all_params, args.method, "paper"), "iterations": args.iterations}
+        synset = methods.distill(args.method, real, ipc=ipc, params=paper, device=device, seed=all_params["seed"],
+                                 data_root=ROOT / "data")
+        result = evaluate.evaluate(synset, test, protocol, device=device, seed=all_params["seed"])
+        own = methods.own_evaluation(args.method, synset, evaluate.test_split(test, protocol), params=paper,
+                                     device=device)
+        row = {"method": args.method, "dataset": "fashion_mnist", "ipc": ipc, "params": paper,
+               "iterations": args.iterations, "distill_s": synset.provenance["wall_time_s"],
+               "peak_mem_mb": synset.provenance["peak_mem_mb"], "accs": result["accs"], "mean": result["mean"],
+               "std": result["std"], "protocol": result["protocol"], "own": own, "synset_sha256": synset.content_hash(),
+               **provenance.record(device)}
+        rows = [r for r in rows if (r["method"], r["ipc"], r["iterations"]) != (args.method, ipc, args.iterations)]
+        rows.append(row)
+        print(f"{args.method} IPC {ipc}, paper params, {args.iterations} iterations ({row['distill_s']:.0f} s): "
+              f"{row['mean']:.2f} ± {row['std']:.2f} %" + (f"; own recipe {own['mean']:.2f} %" if own else ""),
+              flush=True)
+        out.write_text(json.dumps(rows, indent=1, sort_keys=True, default=str) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
