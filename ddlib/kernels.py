@@ -29,6 +29,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from . import nets
 
@@ -136,8 +137,15 @@ def _inputs(x: torch.Tensor, depth: int) -> tuple[torch.Tensor, int]:
     return x, 2 ** depth - 1
 
 
-def conv_variances(x: torch.Tensor, *, depth: int = 3, w_var: float = W_VAR, b_var: float = B_VAR):
-    """Each image's own pre-activation variance map at every block (what the cross kernel's ReLUs need)."""
+def _maybe_checkpoint(fn, *tensors):
+    """fn(*tensors), recomputed in the backward pass instead of keeping its window tensors when a gradient is
+    coming (the memory of a step is then one chunk's, not every pair's)."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return checkpoint(fn, *tensors, use_reentrant=False)
+    return fn(*tensors)
+
+
+def _own_maps(x: torch.Tensor, depth: int, w_var: float, b_var: float) -> tuple[torch.Tensor, ...]:
     x, r = _inputs(x, depth)
     k = torch.einsum("icxy,icabxy->iabxy", x, _shift(x, r)).unsqueeze(1) / x.shape[1]
     maps = []
@@ -150,28 +158,44 @@ def conv_variances(x: torch.Tensor, *, depth: int = 3, w_var: float = W_VAR, b_v
         return sd[..., None, None, :, :], _shift(sd, r)
 
     _conv_pass(k, depth, w_var, b_var, own)
-    return maps
+    return tuple(maps)
+
+
+def conv_variances(x: torch.Tensor, *, depth: int = 3, w_var: float = W_VAR, b_var: float = B_VAR) -> list:
+    """Each image's own pre-activation variance map at every block (what the cross kernel's ReLUs need),
+    in chunks of images that keep one window tensor within CHUNK_ELEMENTS."""
+    per_image = (2 ** (depth + 1) - 1) ** 2 * (x.shape[-1] + 4) ** 2
+    parts = [_maybe_checkpoint(lambda xb: _own_maps(xb, depth, w_var, b_var), xb)
+             for xb in x.split(max(1, CHUNK_ELEMENTS // per_image))]
+    return [torch.cat(maps) for maps in zip(*parts)]
 
 
 def conv(x1: torch.Tensor, x2: torch.Tensor, *, depth: int = 3, ntk: bool = True, w_var: float = W_VAR,
          b_var: float = B_VAR, chunk: int | None = None, var1=None, var2=None) -> torch.Tensor:
     """(n1, n2) NTK (or NNGP) of the normalisation-free ConvNet (module docstring), `chunk` rows at a time
-    (default: as many as keep one window tensor within CHUNK_ELEMENTS)."""
+    (default: as many as keep one window tensor within CHUNK_ELEMENTS), each chunk recomputed in the backward
+    pass rather than stored."""
     var1 = var1 if var1 is not None else conv_variances(x1, depth=depth, w_var=w_var, b_var=b_var)
     var2 = var2 if var2 is not None else conv_variances(x2, depth=depth, w_var=w_var, b_var=b_var)
     (p1, r), (p2, _) = _inputs(x1, depth), _inputs(x2, depth)
-    shifted2, rows = _shift(p2, r), []
-    chunk = chunk or max(1, CHUNK_ELEMENTS // (len(p2) * shifted2[0, 0].numel()))
+    per_row = len(p2) * (2 * r + 1) ** 2 * p2[0, 0].numel()
+    chunk = chunk or max(1, CHUNK_ELEMENTS // per_row)
+
+    def rows(part, p1_part, p2, *var):
+        v1, v2 = var[:depth], var[depth:]
+        k = torch.einsum("icxy,jcabxy->ijabxy", p1_part, _shift(p2, r)) / p1_part.shape[1]
+
+        def stored(block, k):
+            rb = (k.shape[-3] - 1) // 2
+            return _sd(v1[block][part])[:, None, None, None], _shift(_sd(v2[block]), rb)[None]
+
+        return _conv_pass(k, depth, w_var, b_var, stored)[1 if ntk else 0]
+
+    out = []
     for start in range(0, len(p1), chunk):
         part = slice(start, start + chunk)
-        k = torch.einsum("icxy,jcabxy->ijabxy", p1[part], shifted2) / p1.shape[1]
-
-        def stored(block, k, part=part):
-            rb = (k.shape[-3] - 1) // 2
-            return _sd(var1[block][part])[:, None, None, None], _shift(_sd(var2[block]), rb)[None]
-
-        rows.append(_conv_pass(k, depth, w_var, b_var, stored)[1 if ntk else 0])
-    return torch.cat(rows)
+        out.append(_maybe_checkpoint(lambda p, q, *v, part=part: rows(part, p, q, *v), p1[part], p2, *var1, *var2))
+    return torch.cat(out)
 
 
 def kernel_fn(name: str, *, depth: int | None = None):
