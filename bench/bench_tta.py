@@ -7,6 +7,7 @@ scored by the same protocol (the quick evaluation profile with one seed, on its 
 The x axis is each run's measured distillation wall time on this machine.
 
     python bench/bench_tta.py                          # kip frepo rfad dm
+    python bench/bench_tta.py --methods frepo rfad --cap-s 400   # replaces those methods' rows only
 Writes bench/results-tta-<device>.json, which the report draws (reports/costs/tta-<device>.png).
 """
 
@@ -35,7 +36,9 @@ def main() -> None:
     protocol = evaluate.Protocol(**{**params.resolve(all_params["evaluation"], "quick"), "num_seeds": 1})
     real = data.load("fashion_mnist", "train", root=ROOT / "data")
     test = data.load("fashion_mnist", "test", root=ROOT / "data")
-    device, rows = runtime.resolve_device("auto"), []
+    device = runtime.resolve_device("auto")
+    out = ROOT / "bench" / f"results-tta-{device.type}.json"
+    rows = [r for r in (json.loads(out.read_text()) if out.exists() else []) if r["method"] not in args.methods]
     for method in args.methods:
         quick = params.method_params(all_params, method, "quick")
         total = params.per_ipc(quick["iterations"], args.ipc, "iterations")
@@ -52,7 +55,6 @@ def main() -> None:
             rows.append({"method": method, "ipc": args.ipc, "iterations": n, "distill_s": synset.provenance[
                 "wall_time_s"], "accuracy": acc, "device_type": device.type, **provenance.record(device)})
             print(f"{method:6s} {n:5d} iterations {rows[-1]['distill_s']:7.1f} s: {acc:.2f} %", flush=True)
-    out = ROOT / "bench" / f"results-tta-{device.type}.json"
     out.write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
     print(f"wrote {out}")
 

@@ -335,3 +335,30 @@ def test_plots_write_png(results_dir, tmp_path):
     ipc = figures.plot_acc_vs_ipc(rows, "fashion_mnist", tmp_path / "ipc.png", published)
     cost = figures.plot_acc_vs_cost(rows, "fashion_mnist", tmp_path / "cost.png")
     assert ipc.read_bytes().startswith(PNG_SIGNATURE) and cost.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_own_recipe_gets_its_own_labelled_table(tmp_path):
+    """A kernel method's KRR number goes to a second table beside its published KRR number, never into the
+    common-protocol cell; a stale cell's own number is refused like its main one."""
+    root = tmp_path / "results"
+    for ipc, own in ((1, 81.4), (10, 86.3)):
+        synset = _distill(root, "kip", "fashion_mnist", ipc, 20.0, 900.0)
+        path = root / "eval" / results.key("kip", "fashion_mnist", ipc) / "eval.json"
+        results.write_eval({"method": "kip", "dataset": "fashion_mnist", "ipc": ipc, "accs": [46.0], "mean": 46.0,
+                            "std": 0.0, "seeds": [0], "protocol": PROTOCOL, "device": "cpu", "code_version": "abc",
+                            "synset_sha256": synset.content_hash(),
+                            "own": {"recipe": "KRR, fc_ntk kernel, learned targets", "accs": [own], "mean": own,
+                                    "std": 0.0}}, path, profile="quick")
+    grid = {"datasets": ["fashion_mnist"], "methods": ["random", "kip"], "ipcs": [1, 10]}
+    rows = report.rows_for(results.collect(root), report.grid_cells(grid), None)
+    md = report.table_markdown(rows, "fashion_mnist")
+    _, main = _table_rows(md, "| method | IPC")
+    assert main["kip"] == ["46.0 ± 0.0 (73.5 ± 0.5[^1])", "46.0 ± 0.0 (86.8 ± 0.1)"]
+    own_start = md.index("Own evaluation recipe")
+    _, own = _table_rows(md[own_start:], "| method | IPC")
+    assert own == {"kip": ["81.4 (76.7 ± 0.2)", "86.3 (88.8 ± 0.1)"]}
+    assert "- kip IPC 1: KRR, fc_ntk kernel, learned targets" in md and "KIP-ConvNet paper" in md
+    stale = {"evaluate@kip-fashion_mnist-10": "changed code"}
+    md = report.table_markdown(report.rows_for(results.collect(root), report.grid_cells(grid), stale), "fashion_mnist")
+    _, own = _table_rows(md[md.index("Own evaluation recipe"):], "| method | IPC")
+    assert own["kip"][1] == "- (88.8 ± 0.1)"
