@@ -22,8 +22,9 @@ GOLDEN = ROOT / "tests" / "golden" / "tiny.json"
 HAVE_FMNIST = data.DEBIAN_FASHION_MNIST.exists() or (ROOT / "data" / "fashion_mnist" / "raw").exists()
 # one method of each shape (every notebook also runs under nbval; test_reproducible covers every method):
 # selection, distribution matching, gradient matching (dc, and dsa which imports it), trajectory matching on
-# plain experts (mtt) and on flat experts with learned soft labels (datm)
-GRID = ("random", "dm", "dc", "dsa", "mtt", "datm")
+# plain experts (mtt) and on flat experts with learned soft labels (datm), kernel ridge regression with its own
+# evaluation recipe (kip)
+GRID = ("random", "dm", "dc", "dsa", "mtt", "datm", "kip")
 
 
 def run(cmd, cwd):
@@ -92,6 +93,7 @@ def test_tiny_dvc_repro_end_to_end(tmp_path):
     table = (work / "reports" / "fashion_mnist.md").read_text()
     assert all(f"| {m} |" in table for m in GRID), table
     assert "stale" not in table and "not run" not in table and "checked against `dvc.lock`" in table
+    assert "Own evaluation recipe" in table and "- kip IPC 1: KRR, fc_ntk kernel, learned targets" in table
     assert (work / "reports" / "figures" / "fashion_mnist_acc_vs_ipc.png").exists()
     first = cells(work)
     check_golden({k: dict(v) for k, v in first.items()})
