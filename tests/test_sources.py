@@ -55,9 +55,11 @@ def test_a_method_never_depends_on_another_familys_module():
     files = {m: set(sources.manifest(ROOT, f"notebooks/methods/{m}.ipynb")) for m in methods.available()}
     for m in methods.available():
         others = {f"ddlib/methods/{o}.py" for o in methods.available()} - {f"ddlib/methods/{m}.py"}
-        # DSA is DC with Siamese augmentation; FTD, TESLA and DATM are MTT with changes
-        allowed = {"dsa": {"ddlib/methods/dc.py"}, **{tm: {"ddlib/methods/mtt.py"} for tm in ("ftd", "tesla", "datm")}
-                   }.get(m, set())
+        # DSA is DC with Siamese augmentation; DCC, IDC and CAFE reuse DC's matching pieces (Acc-DD is IDC with
+        # other networks, CAFE+DSA is CAFE); FTD, TESLA and DATM are MTT with changes
+        dc, idc, cafe = ({f"ddlib/methods/{x}.py"} for x in ("dc", "idc", "cafe"))
+        allowed = {"dsa": dc, "dcc": dc, "idc": dc, "cafe": dc, "accdd": dc | idc, "cafe_dsa": dc | cafe,
+                   **{tm: {"ddlib/methods/mtt.py"} for tm in ("ftd", "tesla", "datm")}}.get(m, set())
         assert files[m] & others == allowed, m
     assert "ddlib/methods/coreset.py" in files["herding"] and "ddlib/methods/coreset.py" not in files["dm"]
     assert "ddlib/published.py" not in files["dm"]      # editing published numbers reruns only the report
@@ -114,8 +116,9 @@ def test_manifests_are_byte_stable_and_outdated_names_what_changed(scratch):
     with open(root / "ddlib" / "methods" / "dc.py", "a") as f:
         f.write("# an edit\n")
     changed = sources.outdated(root, lock)
-    # dc and dsa import it; the inputs stage asks every method module what it reads (a cheap rerun)
-    assert set(changed) == {"distill@dc-x-1", "distill@dsa-x-1", "inputs-x-1"}
+    # the gradient-matching family imports it; the inputs stage asks every method module what it reads (cheap)
+    family = ("dc", "dsa", "dcc", "idc", "accdd", "cafe", "cafe_dsa")
+    assert set(changed) == {f"distill@{m}-x-1" for m in family} | {"inputs-x-1"}
     assert changed["distill@dc-x-1"] == "source changed: ddlib/methods/dc.py"
 
 

@@ -2,7 +2,8 @@
 
 Every method module exposes `ID`, a frozen `Config` dataclass whose defaults are the paper's values, and
 `distill(real, cfg, *, ipc, device, seed, checkpoint=None) -> SyntheticSet`. Four shapes occur: selection
-(random, herding, kcenter), single-level matching (dm), bilevel matching with an inner loop (dc, dsa),
+(random, herding, kcenter), single-level matching (dm), bilevel matching with an inner loop (dc, dsa, dcc; idc
+and accdd train the matching net on real data; cafe, cafe_dsa align features),
 trajectory matching against expert trajectories (mtt, ftd, tesla, datm) and kernel ridge regression (kip,
 frepo, rfad; these may add `own_evaluation`, their papers' recipe, reported beside the common protocol).
 
@@ -27,7 +28,8 @@ from .. import runtime
 from ..data import LabeledImages
 from ..synset import SyntheticSet
 
-IDS = ("random", "herding", "kcenter", "dm", "dc", "dsa", "mtt", "ftd", "tesla", "datm", "kip", "frepo", "rfad")
+IDS = ("random", "herding", "kcenter", "dm", "dc", "dsa", "dcc", "idc", "accdd", "cafe", "cafe_dsa", "mtt", "ftd", "tesla",
+       "datm", "kip", "frepo", "rfad")
 
 
 def available() -> list[str]:
