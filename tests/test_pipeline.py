@@ -40,6 +40,18 @@ def ok(cmd, cwd):
     return proc.stdout
 
 
+def cpu_vendor() -> str:
+    """The CPU maker (/proc/cpuinfo vendor_id): two machines with the same instruction set but another maker
+    (AMD EPYC, Intel Xeon) round differently, so each kind has its own golden values."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown vendor"
+
+
 def cells(work: Path) -> dict:
     """Per cell: what the reproducibility guarantee covers (content of the set, accuracies) and the platform."""
     out = {}
@@ -48,7 +60,8 @@ def cells(work: Path) -> dict:
         metrics = json.loads((work / "results" / "distill" / key / "metrics.json").read_text())
         result = json.loads((work / "results" / "eval" / key / "eval.json").read_text())
         out[key] = {"synset_sha256": metrics["synset_sha256"], "accs": result["accs"],
-                    "platform": f"torch {result['torch']}, {result['cpu_capability']}, {result['threads']} threads"}
+                    "platform": f"torch {result['torch']}, {result['cpu_capability']}, {result['threads']} threads, "
+                                f"{cpu_vendor()}"}
     return out
 
 
