@@ -13,16 +13,9 @@ import torch
 from matplotlib.figure import Figure
 
 
-METHOD_ORDER = ("random", "herding", "kcenter", "dc", "dsa", "dm", "mtt", "ftd", "tesla", "datm", "kip", "frepo",
-                "rfad")  # by family
 DATASET_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "svhn": "SVHN", "cifar10": "CIFAR-10",
                  "cifar100": "CIFAR-100", "tinyimagenet": "TinyImageNet"}
 MIN_SECONDS = 0.01  # log-x cannot show 0 s (random selection); such points are drawn here and flagged
-
-
-def method_rank(method: str) -> tuple[int, str]:
-    """Sort key: the fixed order of METHOD_ORDER first, every other method after it alphabetically."""
-    return (METHOD_ORDER.index(method), "") if method in METHOD_ORDER else (len(METHOD_ORDER), method)
 
 
 def _sns():
@@ -32,8 +25,8 @@ def _sns():
 
 def _palette(rows: list[dict]) -> dict[str, tuple]:
     sns = _sns()
-    methods = sorted({r["method"] for r in rows}, key=method_rank)
-    return dict(zip(methods, sns.color_palette("tab10", max(len(methods), 1))))
+    methods = list(dict.fromkeys(r["method"] for r in rows))   # in the caller's order (the report: by family)
+    return dict(zip(methods, sns.color_palette("tab10" if len(methods) <= 10 else "tab20", max(len(methods), 1))))
 
 
 def _new_axes():

@@ -180,6 +180,11 @@ def make_net(name: str, in_channels: int, num_classes: int, im_size: tuple[int, 
 CPU_CHUNK = 64
 
 
+def has_bn(net: nn.Module) -> bool:
+    """Whether any layer is BatchNorm (batch statistics couple the images of a batch)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
 def embed_chunked(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """net.embed(x) for many images: in CPU_CHUNK-image calls on the CPU, in one call on a GPU."""
     if x.device.type != "cpu":

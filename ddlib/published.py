@@ -28,6 +28,17 @@ METHODS = ("random", "herding", "kcenter", "dd", "ld", "dc", "dsa", "dcc", "mtt"
 DATASETS = ("mnist", "fashion_mnist", "svhn", "cifar10", "cifar100", "tinyimagenet")
 IPCS = (1, 10, 50)
 
+# The order of the report's rows and figure legends: by family (selection, gradient matching, distribution and
+# feature matching, trajectory matching, kernel ridge regression), then any other method alphabetically.
+FAMILY_ORDER = ("random", "herding", "kcenter", "dc", "dsa", "dcc", "idc", "accdd", "dm", "cafe", "cafe_dsa",
+                "mtt", "ftd", "tesla", "datm", "kip", "frepo", "rfad")
+
+
+def method_rank(method: str) -> tuple[int, str]:
+    """Sort key: FAMILY_ORDER first, every other method after it alphabetically."""
+    return (FAMILY_ORDER.index(method), "") if method in FAMILY_ORDER else (len(FAMILY_ORDER), method)
+
+
 SURVEY = "Lei & Tao survey (TPAMI 2024), Table 1"
 KCENTER = "DC paper via methods.md [R]"
 

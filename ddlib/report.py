@@ -23,8 +23,8 @@ from types import SimpleNamespace
 import torch
 
 from . import figures, results
-from .figures import DATASET_NAMES, method_rank
-from .published import published, published_own
+from .figures import DATASET_NAMES
+from .published import method_rank, published, published_own
 
 MAX_LOSS_POINTS = 500   # per cell in reports/plots/loss.json (the paper profile logs 20,000 iterations)
 
@@ -341,7 +341,7 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
     for dataset in sorted({r["dataset"] for r in rows}, key=lambda d: list(DATASET_NAMES).index(d)
                           if d in DATASET_NAMES else len(DATASET_NAMES)):
         name, spec = DATASET_NAMES.get(dataset, dataset), _spec(dataset)
-        mine = [r for r in rows if r["dataset"] == dataset]
+        mine = sorted((r for r in rows if r["dataset"] == dataset), key=lambda r: method_rank(r["method"]))
         written.append(figures.plot_acc_vs_ipc(mine, dataset, out / "figures" / f"{dataset}_acc_vs_ipc.png", published))
         written.append(figures.plot_acc_vs_cost([r for r in mine if r["status"] == "ok"], dataset,
                                                 out / "costs" / f"{dataset}_acc_vs_cost.png"))

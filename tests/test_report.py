@@ -381,3 +381,10 @@ def test_below_random_line_and_decoded_tiles_note(tmp_path):
     line = next(x for x in md.splitlines() if x.startswith("Below random real images"))
     assert "dc IPC 10 (63.9 vs 73.4)" in line and "idc" not in line and "(quick profile)" in line
     assert "idc IPC 10: stores 10 image(s) per class, the pixel budget of IPC 10, and trains on the 40 tiles" in md
+
+
+def test_every_registered_method_has_a_place_in_the_family_order():
+    from ddlib import methods
+    from ddlib.published import FAMILY_ORDER, method_rank
+    assert set(methods.available()) <= set(FAMILY_ORDER) and len(set(FAMILY_ORDER)) == len(FAMILY_ORDER)
+    assert sorted(["zeta", "kip", "alpha", "random"], key=method_rank) == ["random", "kip", "alpha", "zeta"]

@@ -66,6 +66,29 @@ def test_a_method_never_depends_on_another_familys_module():
     assert "ddlib/published.py" in sources.manifest(ROOT, "notebooks/report.ipynb")
 
 
+def test_adding_a_method_leaves_every_other_stage_alone(tmp_path):
+    """The registry discovers methods from their files, so a new method module edits nothing others run."""
+    for rel in ("ddlib", "notebooks", "requirements.txt", "requirements-lock.txt"):
+        src = ROOT / rel
+        (shutil.copytree(src, tmp_path / rel, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+         if src.is_dir() else shutil.copy(src, tmp_path / rel))
+    before = {nb: sources.manifest(tmp_path, nb) for nb in sources.entries(tmp_path) if nb != sources.INPUTS_ENTRY}
+    write(tmp_path, "ddlib/methods/newmethod.py", 'ID = "newmethod"\nfrom .. import loop\n')
+    write(tmp_path, "notebooks/methods/newmethod.ipynb", json.dumps({"cells": [], "metadata": {}}))
+    after = {nb: sources.manifest(tmp_path, nb) for nb in before}
+    assert after == before
+    ids = subprocess.run([sys.executable, "-c", "from ddlib import methods; print(' '.join(methods.IDS))"],
+                         cwd=tmp_path, capture_output=True, text=True, check=True).stdout.split()
+    assert "newmethod" in ids and set(ids) - {"newmethod"} == set(methods.IDS)
+
+
+def test_the_registry_holds_exactly_the_modules_that_declare_their_id():
+    declared = {p.stem for p in (ROOT / "ddlib" / "methods").glob("*.py") if f'\nID = "{p.stem}"\n' in p.read_text()}
+    assert set(methods.available()) == declared and "coreset" not in declared and "dm" in declared
+    for m in methods.available():
+        assert methods.get(m).ID == m
+
+
 IMPORTED = """
 import sys
 from ddlib import data, figures, methods, params, results, runtime

@@ -80,14 +80,18 @@ def perturb(net: torch.nn.Module, cfg: Config, gen: torch.Generator) -> None:
 
 
 def pool_net(pool: experts.Buffers, cfg: Config):
+    """Each outer iteration's matching net: a random expert's snapshot at epoch pt_from, perturbed. The
+    snapshots are read from the buffers once, on first use."""
+    snapshots: list[torch.Tensor] = []
+
     def make(state: loop.State, real: LabeledImages, _cfg) -> torch.nn.Module:
-        spec = real.spec
-        net = nets.make_net(cfg.model, spec.channels, spec.num_classes, spec.im_size, seed=0).to(state.x_syn.device)
-        expert = int(torch.randint(min(cfg.model_num, pool.num_experts), (1,), generator=state.gen))
-        (w,) = pool.at(expert, cfg.pt_from)
-        fnet = unroll.FlatNet(net)
+        spec, device = real.spec, state.x_syn.device
+        if not snapshots:
+            snapshots.extend(pool.at(i, cfg.pt_from)[0].to(device) for i in range(min(cfg.model_num, pool.num_experts)))
+        net = nets.make_net(cfg.model, spec.channels, spec.num_classes, spec.im_size, seed=0).to(device)
+        w = snapshots[int(torch.randint(len(snapshots), (1,), generator=state.gen))]
         with torch.no_grad():
-            for p, v in zip(net.parameters(), fnet.params(w.to(state.x_syn.device)).values()):
+            for p, v in zip(net.parameters(), unroll.FlatNet(net).params(w).values()):
                 p.copy_(v)
         perturb(net, cfg, state.gen)
         return net

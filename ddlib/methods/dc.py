@@ -99,14 +99,10 @@ def gradient_distance(g_real: list[torch.Tensor], g_syn: list[torch.Tensor], kin
     return 1 - (flat_r * flat_s).sum() / (flat_r.norm() * flat_s.norm() + 1e-6)
 
 
-def has_bn(net: torch.nn.Module) -> bool:
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
-
-
 def bn_freeze(net: torch.nn.Module, real: LabeledImages, gen: torch.Generator, device) -> None:
     """BatchNorm nets only: a real batch of BN_PER_CLASS per class, every class at once, updates the running
     statistics (train mode), then the BN layers switch to eval: shared, real statistics while matching."""
-    if not has_bn(net):
+    if not nets.has_bn(net):
         return
     x = torch.cat([real.sample_class(c, BN_PER_CLASS, gen) for c in range(real.spec.num_classes)]).to(device)
     net.train()

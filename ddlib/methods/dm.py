@@ -76,8 +76,7 @@ def step(state: loop.State, real: LabeledImages, cfg: Config) -> float:
         if cfg.dsa:
             x_real = augment.apply_per_group(x_real, transforms)
         # a BatchNorm net sees every class's real images in one batch (shared statistics), never in chunks
-        bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
-        emb_real = (net.embed(x_real) if bn else nets.embed_chunked(net, x_real)).view(k, cfg.batch_real, -1)
+        emb_real = (net.embed(x_real) if nets.has_bn(net) else nets.embed_chunked(net, x_real)).view(k, cfg.batch_real, -1)
         emb_real = emb_real.mean(1, keepdim=True)
     x_syn = augment.apply_per_group(state.x_syn, transforms) if cfg.dsa else state.x_syn
     loss = mean_embedding_distance(emb_real.clone(), net.embed(x_syn).view(k, len(x_syn) // k, -1))

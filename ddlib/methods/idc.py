@@ -67,6 +67,11 @@ class Config:
         if self.factor < 1 or self.batch_real < 1 or self.lr_img <= 0 or not 0 <= self.mix_p <= 1:
             raise ValueError(f"invalid {type(self).__module__} config: {self}")
 
+    @property
+    def net_strategy(self) -> str:
+        """The network's real-data augmentation: the matching strategy without cutout (CutMix replaces it)."""
+        return "_".join(t for t in augment.parse_strategy(self.strategy) if t != "cutout")
+
 
 def sequential_aug(x: torch.Tensor, strategy: str, gen: torch.Generator, n: int | None = None) -> torch.Tensor:
     """IDC's DiffAug: flip, color and cutout always; one of the other ops; shared draws unless n is given."""
@@ -98,10 +103,9 @@ def real_update(net, opt: torch.optim.Optimizer, real: LabeledImages, cfg, gen: 
     """One pass of the matching network over n_data random real images (IDC's train_epoch with n_data)."""
     net.train()
     index = torch.randperm(len(real), generator=gen)[:cfg.n_data]
-    strategy = "_".join(t for t in augment.parse_strategy(cfg.strategy) if t != "cutout")
     for batch in index.split(cfg.batch_real):
         x, y = real.x[batch].to(device), real.y[batch].to(device)
-        x = sequential_aug(x, strategy, gen, len(x))
+        x = sequential_aug(x, cfg.net_strategy, gen, len(x))
         if float(torch.rand((), generator=gen)) < cfg.mix_p:
             x, perm, lam = cutmix(x, gen)
             out = net(x)
@@ -178,7 +182,7 @@ def setup(state: loop.State, real: LabeledImages, cfg) -> None:
 
 
 def distill(real: LabeledImages, cfg: Config, *, ipc: int, device, seed: int,
-            checkpoint: str | Path | None = None, method: str = ID, make_net=fresh_net, **_) -> SyntheticSet:
+            checkpoint: str | Path | None = None, method: str = ID, make_net=fresh_net) -> SyntheticSet:
     """Distil the stored images, then return the decoded set (what training sees) with its storage."""
     check_tiling(real.spec.im_size, cfg.factor)
     cfg = params.at_ipc(cfg, ipc)
