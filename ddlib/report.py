@@ -279,6 +279,28 @@ def plot_time_to_accuracy(rows: list[dict], path: Path) -> Path:
     return path
 
 
+def plot_bptt(rows: list[dict], path: Path) -> Path:
+    """bench/bench_bptt.py's measurements: memory and time of a BPTT iteration, plain and checkpointed."""
+    from matplotlib.figure import Figure   # noqa: PLC0415 (drawn only when the bench file exists)
+    fig = Figure(figsize=(9.0, 3.6), dpi=100)
+    memory, seconds = fig.subplots(1, 2)
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        mine = sorted((r for r in rows if r["variant"] == variant), key=lambda r: r["steps"])
+        steps = [r["steps"] for r in mine]
+        memory.plot(steps, [r["peak_mem_mb"] for r in mine], marker="o", label=variant)
+        seconds.plot(steps, [r["iteration_s"] for r in mine], marker="o", label=variant)
+    memory.set(xlabel="unrolled steps N", ylabel="peak memory of an iteration (MB)",
+               title=f"BPTT memory ({rows[0]['device'] if rows else '-'})")
+    seconds.set(xlabel="unrolled steps N", ylabel="seconds per iteration", title="time")
+    for ax in (memory, seconds):
+        ax.grid(alpha=0.3)
+    memory.legend(fontsize="small")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, metadata={"Software": None})
+    return path
+
+
 def stage_times(runs_dir: str | Path) -> dict[str, float]:
     """Seconds each stage's notebook ran (papermill's record in runs/): runs/<stage>/<item>.ipynb -> stage@item."""
     root, out = Path(runs_dir), {}
@@ -331,7 +353,7 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
         grid: params.yaml's grid; None shows the cells that have results (tests, smoke runs).
         stale: {stage: why} from provenance.stale; None means the results were not checked against dvc.lock.
         runs_dir: the executed notebooks, for reports/costs/stage_times.json (None: not written).
-        bench_dir: bench/ with results-unroll-<device>.json, drawn as reports/costs/unroll-<device>.png.
+        bench_dir: bench/ with results-{unroll,bptt,tta}-<device>.json, drawn under reports/costs/.
     """
     collected, out, load = results.collect(results_dir), Path(out_dir), synset_loader or _load_synset
     cells = grid_cells(grid) if grid else [(r["method"], r["dataset"], r["ipc"]) for r in collected.values()]
@@ -385,6 +407,11 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
         written.append(figures.plot_unroll(json.loads(bench.read_text()), out / "costs" / f"unroll-{kind}.png"))
         index.append(f"- Trajectory matching, memory and time against the unroll length ({kind}, "
                      f"bench/bench_unroll.py): [costs/unroll-{kind}.png](costs/unroll-{kind}.png)")
+    for bench in sorted(Path(bench_dir).glob("results-bptt-*.json")) if bench_dir else []:
+        kind = bench.stem.removeprefix("results-bptt-")
+        written.append(plot_bptt(json.loads(bench.read_text()), out / "costs" / f"bptt-{kind}.png"))
+        index.append(f"- Backpropagation through training (DD, SLDD), memory and time against the unroll length, "
+                     f"plain and checkpointed ({kind}, bench/bench_bptt.py): [costs/bptt-{kind}.png](costs/bptt-{kind}.png)")
     for bench in sorted(Path(bench_dir).glob("results-tta-*.json")) if bench_dir else []:
         kind = bench.stem.removeprefix("results-tta-")
         written.append(plot_time_to_accuracy(json.loads(bench.read_text()), out / "costs" / f"tta-{kind}.png"))

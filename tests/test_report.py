@@ -388,3 +388,16 @@ def test_every_registered_method_has_a_place_in_the_family_order():
     from ddlib.published import FAMILY_ORDER, method_rank
     assert set(methods.available()) <= set(FAMILY_ORDER) and len(set(FAMILY_ORDER)) == len(FAMILY_ORDER)
     assert sorted(["zeta", "kip", "alpha", "random"], key=method_rank) == ["random", "kip", "alpha", "zeta"]
+
+
+def test_bench_measurements_are_drawn_and_indexed(results_dir, tmp_path):
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    rows = [{"variant": v, "steps": n, "iteration_s": 0.1 * n, "peak_mem_mb": m, "device": "cpu (test)"}
+            for v, f in (("plain", lambda n: 3.0 * n), ("checkpointed", lambda n: 10 * n ** 0.5))
+            for n, m in ((10, f(10)), (100, f(100)))]
+    (bench / "results-bptt-cpu.json").write_text(json.dumps(rows))
+    written = report.write_reports(results_dir, tmp_path / "reports", bench_dir=bench)
+    assert tmp_path / "reports" / "costs" / "bptt-cpu.png" in written
+    assert matplotlib.image.imread(tmp_path / "reports" / "costs" / "bptt-cpu.png").shape[1] == 900
+    assert "[costs/bptt-cpu.png](costs/bptt-cpu.png)" in (tmp_path / "reports" / "README.md").read_text()

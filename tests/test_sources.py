@@ -56,9 +56,9 @@ def test_a_method_never_depends_on_another_familys_module():
     for m in methods.available():
         others = {f"ddlib/methods/{o}.py" for o in methods.available()} - {f"ddlib/methods/{m}.py"}
         # DSA is DC with Siamese augmentation; DCC, IDC and CAFE reuse DC's matching pieces (Acc-DD is IDC with
-        # other networks, CAFE+DSA is CAFE); FTD, TESLA and DATM are MTT with changes
-        dc, idc, cafe = ({f"ddlib/methods/{x}.py"} for x in ("dc", "idc", "cafe"))
-        allowed = {"dsa": dc, "dcc": dc, "idc": dc, "cafe": dc, "accdd": dc | idc, "cafe_dsa": dc | cafe,
+        # other networks, CAFE+DSA is CAFE); FTD, TESLA and DATM are MTT with changes; SLDD is DD with labels
+        dc, idc, cafe, dd = ({f"ddlib/methods/{x}.py"} for x in ("dc", "idc", "cafe", "dd"))
+        allowed = {"dsa": dc, "dcc": dc, "idc": dc, "cafe": dc, "accdd": dc | idc, "cafe_dsa": dc | cafe, "sldd": dd,
                    **{tm: {"ddlib/methods/mtt.py"} for tm in ("ftd", "tesla", "datm")}}.get(m, set())
         assert files[m] & others == allowed, m
     assert "ddlib/methods/coreset.py" in files["herding"] and "ddlib/methods/coreset.py" not in files["dm"]

@@ -1,0 +1,94 @@
+"""Peak memory and time of one backpropagation-through-training iteration (unroll.bptt, the objective of DD,
+SLDD and RTP) as the unroll grows: plain BPTT (one graph over all N steps) against checkpointed BPTT
+(segment = ceil(sqrt(N)): the states every segment, one segment's graph at a time), at N = 10, 50, 100, 200
+steps of SGD with momentum 0.9 (RTP's inner loop).
+
+Each (variant, N) runs in its own process, so its peak is its own: the CUDA allocator's peak, or on the CPU
+the growth of the process's resident set over the measured iteration (interpreter, torch and data excluded).
+The problem is Fashion-MNIST-shaped with the ConvNet: 10 synthetic images a step, a real batch of 256 for the
+meta-loss.
+
+    python bench/bench_bptt.py                       # N = 10 50 100 200
+    python bench/bench_bptt.py --steps 10 50 --repeats 2
+Writes bench/results-bptt-<device>.json, which the report draws (reports/costs/bptt-<device>.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("plain", "checkpointed")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def measure(variant: str, n: int, repeats: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from ddlib import nets, provenance, runtime, unroll
+
+    runtime.set_threads()
+    device = runtime.resolve_device("auto")
+    gen = torch.Generator().manual_seed(0)
+    fnet = unroll.FlatNet(nets.make_net("convnet", 1, 10, (28, 28), seed=0).to(device))
+    w0 = fnet.flatten()
+    x = torch.randn(10, 1, 28, 28, generator=gen).to(device).requires_grad_(True)
+    y = torch.arange(10, device=device)
+    x_real, y_real = torch.randn(256, 1, 28, 28, generator=gen).to(device), torch.arange(256, device=device) % 10
+    raw = torch.full((n,), -4.0, device=device, requires_grad=True)
+    p = unroll.Plan([torch.arange(10, device=device)] * n, [None] * n)
+    segment = math.ceil(math.sqrt(n)) if variant == "checkpointed" else None
+    runtime.reset_peak_memory(device)
+    base = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else _rss_mb()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        unroll.bptt(fnet, w0, x, y, F.softplus(raw), p, lambda w: F.cross_entropy(fnet(w, x_real), y_real), [x, raw],
+                    momentum=0.9, segment=segment)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    peak = runtime.peak_memory_mb(device)
+    return {"variant": variant, "steps": n, "segment": segment, "iteration_s": statistics.median(times),
+            "peak_mem_mb": peak - base, "device_type": device.type, **provenance.record(device)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 50, 100, 200])
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)   # internal: variant, steps
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one[0], int(args.one[1]), args.repeats)))
+        return
+    rows = []
+    for steps in args.steps:
+        for variant in VARIANTS:
+            proc = subprocess.run([sys.executable, __file__, "--one", variant, str(steps), "--repeats",
+                                   str(args.repeats)], capture_output=True, text=True, cwd=ROOT)
+            if proc.returncode != 0:
+                raise RuntimeError(proc.stderr[-3000:])
+            rows.append(json.loads(proc.stdout.splitlines()[-1]))
+            print(f"{variant:12s} N {steps:3d}: {rows[-1]['iteration_s']:7.2f} s/iteration, "
+                  f"peak +{rows[-1]['peak_mem_mb']:7.0f} MB", flush=True)
+    out = ROOT / "bench" / f"results-bptt-{rows[0]['device_type']}.json"
+    out.write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
