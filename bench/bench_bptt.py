@@ -1,4 +1,4 @@
-"""Peak memory and time of one backpropagation-through-training iteration (unroll.bptt, the objective of DD,
+"""Peak memory and time of one backpropagation-through-training iteration (bptt.gradient, the objective of DD,
 SLDD and RTP) as the unroll grows: plain BPTT (one graph over all N steps) against checkpointed BPTT
 (segment = ceil(sqrt(N)): the states every segment, one segment's graph at a time), at N = 10, 50, 100, 200
 steps of SGD with momentum 0.9 (RTP's inner loop).
@@ -38,7 +38,7 @@ def measure(variant: str, n: int, repeats: int) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from ddlib import nets, provenance, runtime, unroll
+    from ddlib import bptt, nets, provenance, runtime, unroll
 
     runtime.set_threads()
     device = runtime.resolve_device("auto")
@@ -56,7 +56,7 @@ def measure(variant: str, n: int, repeats: int) -> dict:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        unroll.bptt(fnet, w0, x, y, F.softplus(raw), p, lambda w: F.cross_entropy(fnet(w, x_real), y_real), [x, raw],
+        bptt.gradient(fnet, w0, x, y, F.softplus(raw), p, lambda w: F.cross_entropy(fnet(w, x_real), y_real), [x, raw],
                     momentum=0.9, segment=segment)
         if device.type == "cuda":
             torch.cuda.synchronize()

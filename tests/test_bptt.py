@@ -1,11 +1,11 @@
-"""Backpropagation through training (unroll.bptt) and the performance-matching methods built on it."""
+"""Backpropagation through training (bptt.gradient) and the performance-matching methods built on it."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddlib import loop, methods, params, unroll
+from ddlib import bptt, loop, methods, params, unroll
 from ddlib.methods import dd, ld
 
 PARAMS = params.load("params.yaml")
@@ -37,7 +37,7 @@ def test_one_step_meta_gradient_matches_the_hand_derivation(f64):
     xr, yr = torch.randn(m, d), torch.randint(k, (m,))
     lr = torch.tensor(0.7, requires_grad=True)
     meta = lambda w: F.cross_entropy(fnet(w, xr), yr)   # noqa: E731
-    value, (gx, glr) = unroll.bptt(fnet, w0, x, y, lr, _plan([range(n)]), meta, [x, lr])
+    value, (gx, glr) = bptt.gradient(fnet, w0, x, y, lr, _plan([range(n)]), meta, [x, lr])
 
     W0 = w0.view(k, d)
     G0 = (torch.softmax(x.detach() @ W0.T, 1) - F.one_hot(y, k)).T @ x.detach() / n
@@ -68,7 +68,7 @@ def _problem(momentum):
     xr, yr = torch.randn(20, 6), torch.randint(3, (20,))
     batches = [[0, 1, 2], [3, 4, 5], [6, 7, 8]] * 2 + [[0, 4, 8]]
     def run(**kw):
-        return unroll.bptt(fnet, fnet.flatten(), x, torch.softmax(logits, 1), F.softplus(raw), _plan(batches),
+        return bptt.gradient(fnet, fnet.flatten(), x, torch.softmax(logits, 1), F.softplus(raw), _plan(batches),
                            lambda w: F.cross_entropy(fnet(w, xr), yr), [x, logits, raw], momentum=momentum, **kw)
     return run, fnet, x, logits, raw, xr, yr, batches
 
@@ -166,7 +166,7 @@ def test_ld_restarts_its_model_when_the_meta_loss_stalls(tiny_train, monkeypatch
     resets = []
     real_fresh = ld.fresh_model
     monkeypatch.setattr(ld, "fresh_model", lambda *a: (resets.append(1), real_fresh(*a)))
-    monkeypatch.setattr(unroll, "bptt", lambda *a, **k: (1.0, [torch.zeros_like(a[-1][0])]))   # a flat meta-loss
+    monkeypatch.setattr(bptt, "gradient", lambda *a, **k: (1.0, [torch.zeros_like(a[-1][0])]))   # a flat meta-loss
     methods.distill("ld", tiny_train, ipc=1, params=tiny("ld", iterations=6, stats_gap=2), device="cpu", seed=0)
     assert len(resets) == 1 + 1   # the initial model, then one restart: windows (1, 1) -> (1, 1) did not improve
     """windows end at iterations 2, 4, 6: the first sets the baseline, the second does not improve (reset), the
@@ -174,13 +174,13 @@ def test_ld_restarts_its_model_when_the_meta_loss_stalls(tiny_train, monkeypatch
 
 
 def test_an_exploding_meta_gradient_stops_with_the_last_checkpoint_kept(tiny_train, tmp_path, monkeypatch):
-    calls, real_bptt = [], unroll.bptt
+    calls, real_bptt = [], bptt.gradient
 
     def exploding(*a, **k):
         calls.append(1)
         value, grads = real_bptt(*a, **k)
         return (value, [g * float("inf") for g in grads]) if len(calls) == 3 else (value, grads)
-    monkeypatch.setattr(unroll, "bptt", exploding)
+    monkeypatch.setattr(bptt, "gradient", exploding)
     ckpt = tmp_path / "dd.pt"
     with pytest.raises(loop.NonFiniteError, match="non-finite gradient at iteration 2"):
         methods.distill("dd", tiny_train, ipc=1, params=tiny("dd", iterations=5, checkpoint_every=1), device="cpu",

@@ -8,7 +8,7 @@ a plain GD step with its own learned step size eta_j = softplus(r_j), j = 1 .. E
     w_j = w_{j-1} - eta_j grad_w l(w_{j-1}; X_{s(j)}, y_{s(j)}),      s(j) = (j - 1) mod S,
     L(X, r) = l(w_{E S}; real batch),
 
-and L is differentiated through all E S steps into the images and r (unroll.bptt, exact; `segment` trades
+and L is differentiated through all E S steps into the images and r (bptt.gradient, exact; `segment` trades
 memory for recomputation). Images and r share one Adam (lr 0.01, betas (0.5, 0.999)), halved every
 `decay_every` iterations. methods.md §2.17.
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .. import loop, nets, params, unroll
+from .. import bptt, loop, nets, params, unroll
 from ..data import LabeledImages
 from ..synset import SyntheticSet
 from ..train import accuracy
@@ -39,7 +39,7 @@ ID = "dd"
 class Config:
     iterations: int | dict = 23_600    # 400 epochs of the real loader at batch 1024 (59 batches of MNIST each)
     images_per_step: int = 1           # per class per step: S = ipc / images_per_step steps
-    distill_epochs: int = 3            # E passes over the S steps
+    distill_epochs: int | dict = 3     # E passes over the S steps
     lr_init: float = 0.02              # eta_j at the start (softplus-parameterised)
     lr_img: float = 0.01               # Adam on the images (and r, labels), betas (0.5, 0.999)
     decay_every: int | dict = 2_360    # x0.5 every 40 of those epochs
@@ -56,10 +56,10 @@ class Config:
     checkpoint_every: int = 50
 
     def __post_init__(self):
-        for name in ("iterations", "decay_every"):
+        for name in ("iterations", "decay_every", "distill_epochs"):
             params.check_budget(getattr(self, name), name)
         params.check_budget(self.time_budget_s, "time_budget_s", allow_none=True)
-        if self.images_per_step < 1 or self.distill_epochs < 1 or self.lr_init <= 0 or self.batch_real < 1:
+        if self.images_per_step < 1 or self.lr_init <= 0 or self.batch_real < 1:
             raise ValueError(f"invalid {type(self).__module__} config: {self}")
         if not (self.learn_images or self.learn_labels):
             raise ValueError("nothing to learn: set learn_images or learn_labels")
@@ -67,6 +67,8 @@ class Config:
 
 def schedule(ipc: int, num_classes: int, images_per_step: int, epochs: int) -> list[torch.Tensor]:
     """Indices (into the class-major set) each of the E S steps trains on: images s*k .. s*k+k-1 of every class."""
+    if epochs < 1:
+        raise ValueError(f"distill_epochs must be >= 1, got {epochs}")
     if ipc % images_per_step:
         raise ValueError(f"ipc={ipc} is not a multiple of images_per_step={images_per_step}")
     per_step = [torch.tensor([c * ipc + s * images_per_step + j for c in range(num_classes)
@@ -111,7 +113,7 @@ def meta_loss(state: loop.State, ctx: Context, real: LabeledImages, cfg) -> floa
     x_real, y_real = real.x[idx].to(device), real.y[idx].to(device)
     lrs = F.softplus(state.extra["raw_lr"])
     leaves = [t for g in state.opt.param_groups for t in g["params"]]
-    value, grads = unroll.bptt(ctx.fnet, w0, state.x_syn, labels_of(state, cfg), lrs, ctx.plan,
+    value, grads = bptt.gradient(ctx.fnet, w0, state.x_syn, labels_of(state, cfg), lrs, ctx.plan,
                                lambda w: F.cross_entropy(ctx.fnet(w, x_real), y_real), leaves,
                                momentum=cfg.inner_momentum, segment=cfg.segment)
     for group in state.opt.param_groups:   # DD's StepLR, from the iteration count (a resume keeps it)
@@ -144,7 +146,7 @@ def step_lrs(synset: SyntheticSet) -> list[float]:
 
 def own_evaluation(synset: SyntheticSet, test: LabeledImages, cfg: Config, *, device) -> dict:
     """DD's own recipe: fresh networks trained by the learned schedule (the E S steps), then tested."""
-    spec, lrs = test.spec, step_lrs(synset)
+    spec, lrs, cfg = test.spec, step_lrs(synset), params.at_ipc(cfg, synset.ipc)
     batches = schedule(synset.ipc, spec.num_classes, cfg.images_per_step, cfg.distill_epochs)
     x, y = synset.images.to(device), synset.labels.to(device)
     accs = []

@@ -7,7 +7,7 @@ of base examples with their current labels Y, and scores the result on a real ba
 
     w' = w - alpha grad_w CE(f_w(X_B), Y_B),        L(Y) = CE(f_{w'}(x_real), y_real),
 
-(the second-order variant; the meta-gradient dL/dY flows through the step, unroll.bptt with one step). Y
+(the second-order variant; the meta-gradient dL/dY flows through the step, bptt.gradient with one step). Y
 takes an Adam step (lr 1e-3), then is clamped to [0, 1] with rows renormalised to sum to one; the model
 then takes its own Adam step on CE(f_w(X_B), Y_B). When the mean meta-loss of the last `stats_gap`
 iterations no longer improves on the previous window's, the model restarts from a fresh initialisation
@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .. import loop, nets, params, unroll
+from .. import bptt, loop, nets, params, unroll
 from ..data import LabeledImages
 from ..synset import SyntheticSet
 
@@ -94,7 +94,7 @@ def step(state: loop.State, fnet: unroll.FlatNet, real: LabeledImages, cfg: Conf
     plan = unroll.Plan([idx.to(x.device)], [None])
     r = torch.randint(len(real), (cfg.batch_real,), generator=state.gen)
     x_real, y_real = real.x[r].to(x.device), real.y[r].to(x.device)
-    value, (g,) = unroll.bptt(fnet, w, x, labels, torch.tensor(cfg.inner_lr), plan,
+    value, (g,) = bptt.gradient(fnet, w, x, labels, torch.tensor(cfg.inner_lr), plan,
                               lambda v: F.cross_entropy(fnet(v, x_real), y_real), [labels])
     loop.update_with(state, value, [(labels, g)])
     with torch.no_grad():
