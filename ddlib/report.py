@@ -187,7 +187,8 @@ def below_random(cell: dict, methods: list[str], ipcs: list[int]) -> list[str]:
 
 def own_markdown(cell: dict, methods: list[str], ipcs: list[int], dataset: str) -> list[str]:
     """The second, labelled table: each method's own evaluation recipe (kernel methods: KRR from the set with its
-    learned targets, no network), for the methods that have one. Never merged into the table above."""
+    learned targets, no network; DD, SLDD: networks trained by the learned step schedule), for the methods that
+    have one. Never merged into the table above."""
     own = [m for m in methods if any(cell.get((m, i), {}).get("own_mean") is not None for i in ipcs)]
     if not own:
         return []
@@ -196,15 +197,17 @@ def own_markdown(cell: dict, methods: list[str], ipcs: list[int], dataset: str) 
         line = [m]
         for ipc in ipcs:
             r, pub = cell.get((m, ipc), {}), published_own(m, dataset, ipc)
-            ours = _pm(r.get("own_mean"), None) if r.get("own_mean") is not None else "-"
+            ours = _pm(r["own_mean"], r.get("own_std") or None) if r.get("own_mean") is not None else "-"
             line.append(f"{ours} ({_pm(pub.mean, pub.std) if pub else '-'})")
             if r.get("own_recipe"):
                 recipes.append(f"- {m} IPC {ipc}: {r['own_recipe']}")
         body.append(line)
     sources = sorted({p.source for m in own for i in ipcs if (p := published_own(m, dataset, i))})
-    return ["", "Own evaluation recipe (%), a separate protocol: the method's published evaluation, here KRR from "
-                "the synthetic set with its learned targets straight to the same test images, no network "
-                f"trained: ours, one value (published: {'; '.join(sources) or '-'}).", "",
+    return ["", "Own evaluation recipe (%), a separate protocol: the method's published evaluation, on the same "
+                "test images, each row's recipe listed below the table (kernel methods: KRR from the synthetic set "
+                "with its learned targets, no network trained; DD and SLDD: fresh networks trained by the learned "
+                "step schedule): ours, mean ± std where several networks are trained "
+                f"(published: {'; '.join(sources) or '-'}).", "",
             *_md_table(["method"] + [f"IPC {i}" for i in ipcs], body), "", *dict.fromkeys(recipes)]
 
 

@@ -199,9 +199,12 @@ def _dvc(root: Path, *args: str) -> str:
 
 
 def _status(root: Path) -> dict:
-    """`dvc status` of every stage but the one this runs in (whose outputs a running `dvc repro` locks)."""
-    stages = [s for s in _dvc(root, "stage", "list", "--name-only").split() if s != os.environ.get("DVC_STAGE")]
-    return json.loads(_dvc(root, "status", "--json", *stages) or "{}")
+    """`dvc status` of every stage but the one this runs in (its own entry says only that it is running).
+    One call without targets: naming the ~80 stages as targets makes DVC walk the graph once per target
+    (120 s against 14 s here)."""
+    status = json.loads(_dvc(root, "status", "--json") or "{}")
+    status.pop(os.environ.get("DVC_STAGE", ""), None)
+    return status
 
 
 def stale(stages: list[str], root: str | Path | None = None, *, missing_ok: bool = False) -> dict[str, str]:
