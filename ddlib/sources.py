@@ -199,12 +199,17 @@ def _dvc(root: Path, *args: str) -> str:
 
 
 def _status(root: Path) -> dict:
-    """`dvc status` of every stage but the one this runs in (its own entry says only that it is running).
-    One call without targets: naming the ~80 stages as targets makes DVC walk the graph once per target
-    (120 s against 14 s here)."""
-    status = json.loads(_dvc(root, "status", "--json") or "{}")
-    status.pop(os.environ.get("DVC_STAGE", ""), None)
-    return status
+    """`dvc status` of every stage but the one this runs in (whose outputs a running `dvc repro` locks).
+    The targets are dvc.yaml's stage groups (`distill` stands for every distill@...): naming the ~80 stages
+    one by one makes DVC walk the graph once per target (120 s against 18 s here)."""
+    import yaml
+    current = os.environ.get("DVC_STAGE", "")
+    group = current.split("@")[0]
+    targets = [g for g in (yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages", {}) if g != group]
+    if "@" in current:   # inside a matrix stage: its siblings one by one
+        targets += [s for s in _dvc(root, "stage", "list", "--name-only").split()
+                    if s.split("@")[0] == group and s != current]
+    return json.loads(_dvc(root, "status", "--json", *targets) or "{}") if targets else {}
 
 
 def stale(stages: list[str], root: str | Path | None = None, *, missing_ok: bool = False) -> dict[str, str]:
