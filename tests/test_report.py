@@ -366,6 +366,25 @@ def test_own_recipe_gets_its_own_labelled_table(tmp_path):
     assert own["kip"][1] == "- (88.8 ± 0.1)"
 
 
+def test_an_own_recipe_over_several_networks_shows_its_spread(tmp_path):
+    """DD's own recipe trains several networks: mean ± std; a single KRR value stays one number."""
+    root = tmp_path / "results"
+    for method, accs in (("dd", [30.0, 40.0]), ("kip", [81.4])):
+        synset = _distill(root, method, "fashion_mnist", 1, 20.0, 900.0)
+        mean = sum(accs) / len(accs)
+        std = (sum((a - mean) ** 2 for a in accs) / len(accs)) ** 0.5
+        results.write_eval({"method": method, "dataset": "fashion_mnist", "ipc": 1, "accs": [46.0], "mean": 46.0,
+                            "std": 0.0, "seeds": [0], "protocol": PROTOCOL, "device": "cpu", "code_version": "abc",
+                            "synset_sha256": synset.content_hash(),
+                            "own": {"recipe": f"{method}'s own", "accs": accs, "mean": mean, "std": std}},
+                           root / "eval" / results.key(method, "fashion_mnist", 1) / "eval.json", profile="quick")
+    grid = {"datasets": ["fashion_mnist"], "methods": ["kip", "dd"], "ipcs": [1]}
+    md = report.table_markdown(report.rows_for(results.collect(root), report.grid_cells(grid), None), "fashion_mnist")
+    _, own = _table_rows(md[md.index("Own evaluation recipe"):], "| method | IPC")
+    assert own == {"kip": ["81.4 (76.7 ± 0.2)"], "dd": ["35.0 ± 5.0 (-)"]}
+    assert "- dd IPC 1: dd's own" in md
+
+
 def test_below_random_line_and_decoded_tiles_note(tmp_path):
     """Optimised sets under random real images are named in one line; a multi-formation set says what it stores."""
     root = tmp_path / "results"
