@@ -18,20 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench_unroll import ROOT, _rss_mb, isolated   # the same isolation and memory accounting
+
 VARIANTS = ("plain", "checkpointed")
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def measure(variant: str, n: int, repeats: int) -> dict:
@@ -78,11 +70,7 @@ def main() -> None:
     rows = []
     for steps in args.steps:
         for variant in VARIANTS:
-            proc = subprocess.run([sys.executable, __file__, "--one", variant, str(steps), "--repeats",
-                                   str(args.repeats)], capture_output=True, text=True, cwd=ROOT)
-            if proc.returncode != 0:
-                raise RuntimeError(proc.stderr[-3000:])
-            rows.append(json.loads(proc.stdout.splitlines()[-1]))
+            rows.append(isolated(__file__, variant, steps, args.repeats))
             print(f"{variant:12s} N {steps:3d}: {rows[-1]['iteration_s']:7.2f} s/iteration, "
                   f"peak +{rows[-1]['peak_mem_mb']:7.0f} MB", flush=True)
     out = ROOT / "bench" / f"results-bptt-{rows[0]['device_type']}.json"

@@ -30,6 +30,15 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
+def isolated(script: str, variant: str, steps: int, repeats: int) -> dict:
+    """`script --one variant steps` in a fresh process (so the peak it reports is that cell's own)."""
+    proc = subprocess.run([sys.executable, script, "--one", variant, str(steps), "--repeats", str(repeats)],
+                          capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
 def measure(method: str, syn_steps: int, repeats: int) -> dict:
     import torch
 
@@ -76,11 +85,7 @@ def main() -> None:
     rows = []
     for steps in args.steps:
         for method in ("mtt", "tesla"):
-            proc = subprocess.run([sys.executable, __file__, "--one", method, str(steps),
-                                   "--repeats", str(args.repeats)], capture_output=True, text=True, cwd=ROOT)
-            if proc.returncode != 0:
-                raise RuntimeError(proc.stderr[-3000:])
-            rows.append(json.loads(proc.stdout.splitlines()[-1]))
+            rows.append(isolated(__file__, method, steps, args.repeats))
             print(f"{method:6s} syn_steps {steps:3d}: {rows[-1]['iteration_s']:7.2f} s/iteration, "
                   f"peak +{rows[-1]['peak_mem_mb']:7.0f} MB", flush=True)
     out = ROOT / "bench" / f"results-unroll-{rows[0]['device_type']}.json"

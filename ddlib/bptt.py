@@ -30,6 +30,21 @@ def _sgd_step(fnet: FlatNet, w, v, x, y, lrs: torch.Tensor, p: Plan, i: int, los
     return w - (lrs[i] if lrs.dim() else lrs) * v, v
 
 
+def train(fnet: FlatNet, w0: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lrs: torch.Tensor, p: Plan, *,
+          momentum: float = 0.0, loss_fn: Loss = F.cross_entropy,
+          keep: Callable[[int], bool] = lambda i: False) -> tuple[torch.Tensor, dict[int, tuple]]:
+    """The N steps without a graph: w_N, and the states (w_i, v_i) before each step i with keep(i)."""
+    xd, yd, lrd = x.detach(), y.detach(), lrs.detach()
+    w, v = w0.detach(), torch.zeros_like(w0)
+    saved = {}
+    for i in range(len(p.batches)):
+        if keep(i):
+            saved[i] = (w, v)
+        w, v = _sgd_step(fnet, w.requires_grad_(True), v, xd, yd, lrd, p, i, loss_fn, momentum, False)
+        w, v = w.detach(), v.detach()
+    return w, saved
+
+
 def gradient(fnet: FlatNet, w0: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lrs: torch.Tensor, p: Plan,
              loss: Callable[[torch.Tensor], torch.Tensor], wrt: list[torch.Tensor], *, momentum: float = 0.0,
              loss_fn: Loss = F.cross_entropy, segment: int | None = None,
@@ -42,14 +57,8 @@ def gradient(fnet: FlatNet, w0: torch.Tensor, x: torch.Tensor, y: torch.Tensor, 
     seg = segment or max(n - first, 1)
     if seg < 1:
         raise ValueError(f"segment must be >= 1, got {segment}")
-    xd, yd, lrd = x.detach(), y.detach(), lrs.detach()
-    w, v = w0.detach(), torch.zeros_like(w0)
-    saved = {}
-    for i in range(n):                       # forward without a graph, keeping the segment boundaries
-        if i >= first and (i - first) % seg == 0:
-            saved[i] = (w, v)
-        w, v = _sgd_step(fnet, w.requires_grad_(True), v, xd, yd, lrd, p, i, loss_fn, momentum, False)
-        w, v = w.detach(), v.detach()
+    w, saved = train(fnet, w0, x, y, lrs, p, momentum=momentum, loss_fn=loss_fn,   # keeping segment boundaries
+                     keep=lambda i: i >= first and (i - first) % seg == 0)
     w_end = w.requires_grad_(True)
     value = loss(w_end)
     (lam_w,) = torch.autograd.grad(value, w_end)

@@ -299,9 +299,7 @@ def plot_bptt(rows: list[dict], path: Path) -> Path:
         ax.grid(alpha=0.3)
     memory.legend(fontsize="small")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, metadata={"Software": None})
-    return path
+    return figures._save(fig, path)
 
 
 def stage_times(runs_dir: str | Path) -> dict[str, float]:

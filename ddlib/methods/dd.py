@@ -148,16 +148,15 @@ def own_evaluation(synset: SyntheticSet, test: LabeledImages, cfg: Config, *, de
     """DD's own recipe: fresh networks trained by the learned schedule (the E S steps), then tested."""
     spec, lrs, cfg = test.spec, step_lrs(synset), params.at_ipc(cfg, synset.ipc)
     batches = schedule(synset.ipc, spec.num_classes, cfg.images_per_step, cfg.distill_epochs)
+    plan = unroll.Plan([b.to(device) for b in batches], [None] * len(batches))
     x, y = synset.images.to(device), synset.labels.to(device)
     accs = []
     for i in range(cfg.own_eval_nets):
         net = nets.make_net(cfg.model, spec.channels, spec.num_classes, spec.im_size, seed=10_000 + i).to(device)
-        for idx, lr in zip(batches, lrs):
-            net.zero_grad(set_to_none=True)
-            F.cross_entropy(net(x[idx]), y[idx]).backward()   # (N, K) labels: sum_c y_c CE(., c)
-            with torch.no_grad():
-                for p in net.parameters():
-                    p.sub_(lr * p.grad)
+        fnet = unroll.FlatNet(net)
+        w, _ = bptt.train(fnet, fnet.flatten(), x, y, torch.tensor(lrs, device=device), plan,
+                          momentum=cfg.inner_momentum)
+        torch.nn.utils.vector_to_parameters(w, net.parameters())
         accs.append(accuracy(net, test.x.to(device), test.y.to(device)))
     return {"recipe": f"the learned {len(lrs)}-step schedule from {cfg.own_eval_nets} fresh inits", "accs": accs}
 
