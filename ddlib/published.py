@@ -32,7 +32,7 @@ IPCS = (1, 10, 50)
 # feature matching, trajectory matching, kernel ridge regression, backpropagation through training), then any
 # other method alphabetically.
 FAMILY_ORDER = ("random", "herding", "kcenter", "dc", "dsa", "dcc", "idc", "accdd", "dm", "cafe", "cafe_dsa",
-                "mtt", "ftd", "tesla", "datm", "kip", "frepo", "rfad", "dd", "ld", "sldd")
+                "mtt", "ftd", "tesla", "datm", "kip", "frepo", "rfad", "dd", "ld", "sldd", "rtp")
 
 
 def method_rank(method: str) -> tuple[int, str]:

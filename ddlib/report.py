@@ -6,7 +6,8 @@ when its distill and evaluate stages are current, "not run" when a result is mis
 to rerun when its code, params or data changed since (its number is refused, never shown silently).
 
 Per dataset it writes
-    reports/<dataset>.md                   accuracy table, budgets, provenance, figures, image grids
+    reports/<dataset>.md                   accuracy table, the sets at equal storage, budgets, provenance,
+                                           figures, image grids
     reports/figures/...                    accuracy vs IPC, one image grid per synthetic set
     reports/plots/accuracy.json, loss.json the data behind `dvc plots show` (dvc.yaml `plots:`)
     reports/costs/<dataset>.md + figure    measured wall time and memory; reports/costs/stage_times.json
@@ -244,6 +245,47 @@ def _provenance(rows: list[dict]) -> list[str]:
     return out
 
 
+def storage(syn, ipc: int, num_classes: int) -> dict:
+    """What a set stores, in floats, against the images training sees. Pixels: the set's own record (provenance
+    "storage": IDC tiles, RTP bases x coefficients) or its images; plus learned soft labels or targets and a
+    learned step size or schedule (hard labels are free). `budget` is the total over the plain pixel budget of
+    its IPC (IPC x C x H x W x K): 1.0 stores exactly as much as IPC real images per class."""
+    prov = getattr(syn, "provenance", None) or {}
+    per_image = int(torch.tensor(syn.images.shape[1:]).prod())
+    pixels = (prov.get("storage") or {}).get("stored_floats", len(syn.images) * per_image)
+    labels = syn.labels.numel() if syn.labels.dim() == 2 else 0
+    labels += syn.targets.numel() if getattr(syn, "targets", None) is not None else 0
+    schedule = len(prov.get("step_lrs") or []) or (1 if getattr(syn, "lr", None) is not None else 0)
+    total = pixels + labels + schedule
+    return {"pixels": pixels, "labels": labels, "schedule": schedule, "total": total,
+            "budget": total / (ipc * per_image * num_classes), "trains_on": len(syn.images) / num_classes}
+
+
+def storage_markdown(rows: list[dict], dataset: str, stored: dict[tuple[str, int], dict]) -> list[str]:
+    """Methods side by side at equal storage: per IPC, what each set stores against the plain pixel budget and
+    how many images per class training sees, with its accuracy (rows by accuracy)."""
+    rows = [r for r in rows if r["dataset"] == dataset and r["status"] == "ok" and (r["method"], r["ipc"]) in stored]
+    if not rows:
+        return []
+    out = ["## At equal storage", "",
+           "Every set of a column is held to the pixel budget of its IPC (IPC real images per class). Stored "
+           "floats count pixels (or what decodes to them: IDC's tiles, RTP's bases and coefficients), learned soft "
+           "labels or targets, and a learned step size or schedule; hard labels are free. A set that decodes into "
+           "more training images than it stores trains on them at no extra storage.", ""]
+    for ipc in sorted({r["ipc"] for r in rows}):
+        body = []
+        for r in sorted((r for r in rows if r["ipc"] == ipc), key=lambda r: (-r["acc_mean"], method_rank(r["method"]))):
+            st = stored[(r["method"], ipc)]
+            parts = "+".join(str(v) for v in (st["pixels"], st["labels"], st["schedule"]) if v) if (
+                st["labels"] or st["schedule"]) else str(st["pixels"])
+            body.append([r["method"], f"{st['total']:,}" + ("" if parts == str(st["total"]) else f" ({parts})"),
+                         f"{st['budget']:.3f}", f"{st['trains_on']:g}", _pm(r["acc_mean"], r["acc_std"])])
+        out += [f"IPC {ipc}:", "", *_md_table(["method", "stored floats (pixels+labels+schedule)",
+                                               "x the pixel budget", "images per class trained on", "accuracy (%)"],
+                                              body), ""]
+    return out
+
+
 def cost_markdown(rows: list[dict], dataset: str) -> str:
     """Measured distillation and evaluation cost per cell (varies with the machine and its load)."""
     rows, ipcs, methods, cell = _ordered([r for r in rows if r["status"] == "ok"], dataset)
@@ -368,7 +410,13 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
         written.append(figures.plot_acc_vs_ipc(mine, dataset, out / "figures" / f"{dataset}_acc_vs_ipc.png", published))
         written.append(figures.plot_acc_vs_cost([r for r in mine if r["status"] == "ok"], dataset,
                                                 out / "costs" / f"{dataset}_acc_vs_cost.png"))
-        md = [f"# {name}", "", table_markdown(rows, dataset, checked=stale is not None), "## Figures",
+        sets = {(r["method"], r["ipc"]): load(Path(r["synset_path"])) for r in mine
+                if r["status"] == "ok" and r["synset_path"] and Path(r["synset_path"]).exists()}
+        stored = {k: storage(syn, k[1], spec.num_classes if spec else (syn.labels.shape[1] if syn.labels.dim() == 2
+                                                                 else int(syn.labels.max()) + 1))
+                  for k, syn in sets.items()}
+        md = [f"# {name}", "", table_markdown(rows, dataset, checked=stale is not None),
+              *storage_markdown(rows, dataset, stored), "## Figures",
               "", f"![accuracy vs IPC](figures/{dataset}_acc_vs_ipc.png)", "",
               f"Distillation and evaluation cost: [costs/{dataset}.md](costs/{dataset}.md).", ""]
         summaries = [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob(f"buffers/*-{dataset}.json"))]
@@ -380,9 +428,9 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
                         for s in summaries if not (stale and f"buffers@{s['name']}-{dataset}" in stale)]
         md += ["## Synthetic images", ""]
         for r in mine:
-            if r["status"] != "ok" or not Path(r["synset_path"]).exists():
+            if (r["method"], r["ipc"]) not in sets:
                 continue
-            syn = load(Path(r["synset_path"]))
+            syn = sets[(r["method"], r["ipc"])]
             # mean/std only undo plain normalisation; ZCA-space images fall back to per-image scaling
             plain = spec is not None and not getattr(syn, "zca", False)
             written.append(figures.image_grid(syn.images, syn.labels, out / "figures" / "grids" / f"{r['key']}.png",
@@ -411,7 +459,7 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
     for bench in sorted(Path(bench_dir).glob("results-bptt-*.json")) if bench_dir else []:
         kind = bench.stem.removeprefix("results-bptt-")
         written.append(plot_bptt(json.loads(bench.read_text()), out / "costs" / f"bptt-{kind}.png"))
-        index.append(f"- Backpropagation through training (DD, SLDD), memory and time against the unroll length, "
+        index.append(f"- Backpropagation through training (DD, SLDD; RTP's momentum unroll), memory and time against the unroll length, "
                      f"plain and checkpointed ({kind}, bench/bench_bptt.py): [costs/bptt-{kind}.png](costs/bptt-{kind}.png)")
     for bench in sorted(Path(bench_dir).glob("results-tta-*.json")) if bench_dir else []:
         kind = bench.stem.removeprefix("results-tta-")

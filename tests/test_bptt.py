@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddlib import bptt, loop, methods, params, unroll
-from ddlib.methods import dd, ld
+from ddlib import bptt, loop, methods, nets, params, unroll
+from ddlib.methods import dd, ld, rtp
 
 PARAMS = params.load("params.yaml")
 
@@ -186,3 +186,68 @@ def test_an_exploding_meta_gradient_stops_with_the_last_checkpoint_kept(tiny_tra
         methods.distill("dd", tiny_train, ipc=1, params=tiny("dd", iterations=5, checkpoint_every=1), device="cpu",
                         seed=0, checkpoint=ckpt)
     assert torch.load(ckpt, weights_only=False)["state"]["iteration"] == 2
+
+
+# ---------------------------------------------------------------- RTP: long momentum unroll, addressing, storage
+def test_rtp_storage_budget_by_hand():
+    """families-2.md §A.6: budget k C H W K floats; bases n_b C H W / d^2; the rest buys rows of n_b coefficients."""
+    assert rtp.per_class(1, (3, 32, 32), 10, 16, 2) == (30_720 - 12_288) // 160 == 115   # CIFAR-10 IPC 1
+    assert rtp.per_class(1, (1, 28, 28), 10, 16, 2) == (7_840 - 3_136) // 160 == 29     # Fashion-MNIST IPC 1
+    cfg = rtp.Config(n_basis=16, downsample=2)
+    st = rtp.storage(cfg, 10, (1, 28, 28), 10)
+    assert st["ipc_decoded"] == (78_400 - 3_136) // 160 == 470 and st["decoded_images"] == 4_700
+    assert st["stored_floats"] == 3_136 + 4_700 * 16 <= 78_400 and st["ipc_stored"] == pytest.approx(9.99, abs=0.01)
+    plain = rtp.storage(rtp.Config(), 10, (1, 28, 28), 10)
+    assert plain["stored_floats"] == 78_400 and plain["ipc_decoded"] == 10 and plain["ipc_stored"] == 10
+    with pytest.raises(ValueError, match="fewer bases"):
+        rtp.per_class(1, (1, 28, 28), 10, 100, 1)     # 100 full-size bases cost more than the whole budget
+    with pytest.raises(ValueError, match="does not divide"):
+        rtp.per_class(1, (1, 28, 28), 10, 4, 3)
+
+
+def test_rtp_decodes_coefficients_times_bases_upsampled():
+    cfg = rtp.Config(n_basis=2, downsample=2)
+    bases = torch.arange(2 * 1 * 2 * 2, dtype=torch.float32).view(2, 1, 2, 2)
+    coeffs = torch.tensor([[1.0, 0.0], [0.5, 2.0]])
+    state = loop.State(x_syn=bases, y_syn=torch.tensor([0, 1]), opt=None, gen=None, extra={"coeffs": coeffs})
+    x = rtp.decode(state, cfg, (4, 4))
+    expect = F.interpolate(torch.stack([bases[0], 0.5 * bases[0] + 2 * bases[1]]), size=(4, 4), mode="bilinear",
+                           align_corners=False)
+    assert x.shape == (2, 1, 4, 4) and torch.allclose(x, expect)
+
+
+def test_rtp_minibatches_and_clipping_by_hand():
+    batches = rtp.minibatches(4, 3, 2, 5, torch.Generator().manual_seed(0))
+    assert len(batches) == 5
+    for b in batches:   # two distinct images of every class, in class order
+        assert [int(i) // 4 for i in b] == [0, 0, 1, 1, 2, 2] and len(set(b.tolist())) == 6
+    assert rtp.minibatches(1, 3, 10, 1, torch.Generator())[0].tolist() == [0, 1, 2]   # m > n: the whole set
+    big = rtp.clip_([torch.tensor([3.0, 0.0]), torch.tensor([4.0])], 2.0)   # total norm 5 -> 2
+    assert torch.allclose(torch.cat(big), torch.tensor([1.2, 0.0, 1.6]), atol=1e-5)
+    small = rtp.clip_([torch.tensor([0.3]), torch.tensor([0.4])], 2.0)
+    assert torch.allclose(torch.cat(small), torch.tensor([0.3, 0.4]), atol=1e-5)
+
+
+def test_rtp_with_addressing_learns_bases_and_coefficients(tiny_train):
+    over = dict(n_basis=4, downsample=2, coeff_reg=1e-4, minibatch=2)
+    synset = methods.distill("rtp", tiny_train, ipc=1, params=tiny("rtp", **over), device="cpu", seed=0)
+    n = (7_840 - 4 * 196) // 40
+    assert synset.images.shape == (10 * n, 1, 28, 28) and synset.provenance["storage"]["ipc_decoded"] == n
+    assert synset.hard_labels().tolist() == [c for c in range(10) for _ in range(n)]
+    assert synset.provenance["storage"]["stored_floats"] <= 7_840
+    init = rtp.init(tiny_train, methods.make_config("rtp", tiny("rtp", **over)), 1, torch.Generator().manual_seed(0),
+                    torch.device("cpu"))
+    assert not torch.allclose(synset.images, rtp.decode(init, methods.make_config("rtp", tiny("rtp", **over)),
+                                                         (28, 28)).detach())
+
+
+def test_rtp_checkpointed_meta_gradient_equals_plain_bptt(tiny_train):
+    """The same iteration with segment = ceil(sqrt(N)) (the default) and segment = N (one graph) moves the
+    images identically (up to float rounding)."""
+    def one(segment):
+        cfg = methods.make_config("rtp", tiny("rtp", iterations=1, inner_steps=6, segment=segment))
+        state = rtp.init(tiny_train, cfg, 1, torch.Generator().manual_seed(0), torch.device("cpu"))
+        fnet = unroll.FlatNet(nets.make_net("convnet", 1, 10, (28, 28), seed=0))
+        rtp.step(state, tiny_train, cfg, fnet)
+        return state.x_syn.detach()
+    assert torch.allclose(one(None), one(6), atol=1e-6)

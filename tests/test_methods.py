@@ -90,8 +90,10 @@ def test_every_method_distils_ipc1(method, tiny_train, tiny_buffers):
         assert key in synset.provenance
     if "iterations_planned" in synset.provenance:   # an iterative method
         assert synset.provenance["iterations"] == 2
-        init = loop.init_state(tiny_train, 1, init=methods.make_config(method, tiny(method)).init, lr_img=1,
-                               momentum=0, gen=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+        cfg, gen, module = methods.make_config(method, tiny(method)), torch.Generator().manual_seed(0), methods.get(method)
+        init = (module.init(tiny_train, cfg, 1, gen, torch.device("cpu")) if hasattr(module, "init")  # its own init
+                else loop.init_state(tiny_train, 1, init=cfg.init, lr_img=1, momentum=0, gen=gen,
+                                     device=torch.device("cpu")))
         # FTD's set is the images' moving average: 2 iterations move it by ~1e-4 of a step; IDC-style sets start
         # from tiled real images (tests/test_matching.py checks that their step moves the stored images); LD
         # learns labels only (tests/test_bptt.py)

@@ -420,3 +420,25 @@ def test_bench_measurements_are_drawn_and_indexed(results_dir, tmp_path):
     assert tmp_path / "reports" / "costs" / "bptt-cpu.png" in written
     assert matplotlib.image.imread(tmp_path / "reports" / "costs" / "bptt-cpu.png").shape[1] == 900
     assert "[costs/bptt-cpu.png](costs/bptt-cpu.png)" in (tmp_path / "reports" / "README.md").read_text()
+
+
+def test_storage_counts_pixels_labels_and_schedule_against_the_pixel_budget(tmp_path):
+    """Hand counts on 2-class 8x8 sets (64 floats an image, budget at IPC 1: 128 floats)."""
+    plain = _synset("dm", "fashion_mnist", 1)
+    assert report.storage(plain, 1, 2) == {"pixels": 128, "labels": 0, "schedule": 0, "total": 128, "budget": 1.0,
+                                        "trains_on": 1.0}
+    soft = SyntheticSet(images=torch.zeros(2, 1, 8, 8), labels=torch.full((2, 2), 0.5), method="sldd",
+                        dataset="fashion_mnist", ipc=1, provenance={"step_lrs": [0.1, 0.2, 0.3]})
+    assert report.storage(soft, 1, 2)["total"] == 128 + 4 + 3 and report.storage(soft, 1, 2)["budget"] == 135 / 128
+    # an addressed set: 58 images decoded from 120 stored floats (its record), trained on 29 a class
+    decoded = SyntheticSet(images=torch.zeros(58, 1, 8, 8), labels=torch.arange(2).repeat_interleave(29),
+                           method="rtp", dataset="fashion_mnist", ipc=1, lr=0.01, provenance={"storage": {"stored_floats": 120}})
+    st = report.storage(decoded, 1, 2)
+    assert (st["pixels"], st["schedule"], st["total"], st["trains_on"]) == (120, 1, 121, 29.0)
+    rows = [{"method": "dm", "ipc": 1, "dataset": "fashion_mnist", "status": "ok", "acc_mean": 50.0, "acc_std": 1.0},
+            {"method": "rtp", "ipc": 1, "dataset": "fashion_mnist", "status": "ok", "acc_mean": 60.0, "acc_std": None}]
+    md = "\n".join(report.storage_markdown(rows, "fashion_mnist", {("dm", 1): report.storage(plain, 1, 2),
+                                                                   ("rtp", 1): st}))
+    _, body = _table_rows(md, "| method | stored floats")
+    assert list(body) == ["rtp", "dm"]                      # by accuracy
+    assert body["rtp"] == ["121 (120+1)", "0.945", "29", "60.0"] and body["dm"] == ["128", "1.000", "1", "50.0 ± 1.0"]
