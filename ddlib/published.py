@@ -154,6 +154,9 @@ _NOTES = {
     ("idc", "svhn", 50): "IDC README prints 90.1 (methods.md §3.3 [C])",
     ("idc", "cifar10", 1): "IDC README prints 50.6 (methods.md §3.1 [C])",
     ("idc", "cifar100", 10): "IDC README prints 45.1 (methods.md §3.4 [C])",
+    **{("rtp", "fashion_mnist", i): "the survey's RTP is the addressing variant (shared bases x coefficient rows: "
+                                     f"{n} decoded images per class at IPC {i}); the grid runs the no-basis command"
+       for i, n in ((1, 29), (10, 470), (50, 2_430))},
     ("rtp", "cifar10", 50): "reprinted as 73.6 ± 0.5 (methods.md §3.1 [P])",
     ("rtp", "cifar100", 1): "another reprint prints 34.4 ± 0.4 (methods.md §3.4 [P])",
     ("kcenter", "cifar10", 1): "a later reprint prints 23.3 ± 0.9 (methods.md §3.1 [P])",
