@@ -10,7 +10,7 @@ export MPLBACKEND := Agg
 TCMALLOC := /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
 PRELOAD = LD_PRELOAD=$$(test -e $(TCMALLOC) && echo $(TCMALLOC))
 
-.PHONY: setup repro test bench profile clean-smoke
+.PHONY: setup repro launch test bench profile clean-smoke
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ $(STAMP): requirements.txt requirements-lock.txt pyproject.toml
 repro: setup            ## the default pipeline (quick profile unless params.yaml says otherwise)
 	@python -m ddlib.plan   # what will run and how long it took last time
 	time $(PRELOAD) dvc repro
+
+JOBS ?= 2
+launch: setup           ## the same pipeline, independent stages in JOBS parallel workers (ddlib/launch.py)
+	time $(PRELOAD) python -m ddlib.launch --jobs $(JOBS)
 
 test: setup             ## unit tests, papermill+nbval over every notebook, one tiny dvc repro
 	TQDM_DISABLE=1 $(PRELOAD) python -m pytest -q tests notebooks --nbval-lax
