@@ -14,10 +14,11 @@ PRELOAD = LD_PRELOAD=$$(test -e $(TCMALLOC) && echo $(TCMALLOC))
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-lock.txt pyproject.toml
+$(STAMP): requirements.txt requirements-lock.txt requirements-cluster.txt pyproject.toml
 	@bash .ci/system-packages
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt -c requirements-lock.txt
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements-cluster.txt
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -114,9 +114,10 @@ def _bytes(m: dict) -> bytes:
 
 
 def entries(root: Path) -> list[Path]:
-    """Every stage entry point: the notebooks, and the inputs stage's module."""
+    """Every stage entry point: the notebooks, and the inputs stage's module (none in a pipeline that is not this
+    workbook's, e.g. the launcher's test pipelines)."""
     return sorted(p.relative_to(root) for p in (root / "notebooks").rglob("*.ipynb")
-                  if ".ipynb_checkpoints" not in p.parts) + [INPUTS_ENTRY]
+                  if ".ipynb_checkpoints" not in p.parts) + [INPUTS_ENTRY] * (root / INPUTS_ENTRY).exists()
 
 
 def write_all(root: str | Path = ".", out: str | Path | None = None) -> list[Path]:
