@@ -15,13 +15,11 @@ Writes bench/results-bptt-<device>.json, which the report draws (reports/costs/b
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import statistics
 import time
 
-from bench_unroll import ROOT, _rss_mb, isolated   # the same isolation and memory accounting
+from bench_unroll import _rss_mb, sweep   # the same isolation, memory accounting and command line
 
 VARIANTS = ("plain", "checkpointed")
 
@@ -59,23 +57,7 @@ def measure(variant: str, n: int, repeats: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, nargs="+", default=[10, 50, 100, 200])
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)   # internal: variant, steps
-    args = parser.parse_args()
-    if args.one:
-        print(json.dumps(measure(args.one[0], int(args.one[1]), args.repeats)))
-        return
-    rows = []
-    for steps in args.steps:
-        for variant in VARIANTS:
-            rows.append(isolated(__file__, variant, steps, args.repeats))
-            print(f"{variant:12s} N {steps:3d}: {rows[-1]['iteration_s']:7.2f} s/iteration, "
-                  f"peak +{rows[-1]['peak_mem_mb']:7.0f} MB", flush=True)
-    out = ROOT / "bench" / f"results-bptt-{rows[0]['device_type']}.json"
-    out.write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {out}")
+    sweep(__file__, measure, VARIANTS, name="bptt", steps=[10, 50, 100, 200], repeats=1)
 
 
 if __name__ == "__main__":

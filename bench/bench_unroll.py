@@ -39,6 +39,29 @@ def isolated(script: str, variant: str, steps: int, repeats: int) -> dict:
     return json.loads(proc.stdout.splitlines()[-1])
 
 
+def sweep(script: str, measure, variants: tuple[str, ...], *, name: str, steps: list[int], repeats: int,
+          argv: list[str] | None = None) -> None:
+    """The benches' command line: every (variant, steps) in its own process, written to results-<name>-<device>.json;
+    `--one variant steps` is the child's side (measure once, print the record)."""
+    parser = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, nargs="+", default=steps)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)   # internal: variant, steps
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(measure(args.one[0], int(args.one[1]), args.repeats)))
+        return
+    rows = []
+    for n in args.steps:
+        for variant in variants:
+            rows.append(isolated(script, variant, n, args.repeats))
+            print(f"{variant:12s} {n:3d} steps: {rows[-1]['iteration_s']:7.2f} s/iteration, "
+                  f"peak +{rows[-1]['peak_mem_mb']:7.0f} MB", flush=True)
+    out = ROOT / "bench" / f"results-{name}-{rows[0]['device_type']}.json"
+    out.write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {out}")
+
+
 def measure(method: str, syn_steps: int, repeats: int) -> dict:
     import torch
 
@@ -74,23 +97,7 @@ def measure(method: str, syn_steps: int, repeats: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 40, 80])
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)   # internal: method, syn_steps
-    args = parser.parse_args()
-    if args.one:
-        print(json.dumps(measure(args.one[0], int(args.one[1]), args.repeats)))
-        return
-    rows = []
-    for steps in args.steps:
-        for method in ("mtt", "tesla"):
-            rows.append(isolated(__file__, method, steps, args.repeats))
-            print(f"{method:6s} syn_steps {steps:3d}: {rows[-1]['iteration_s']:7.2f} s/iteration, "
-                  f"peak +{rows[-1]['peak_mem_mb']:7.0f} MB", flush=True)
-    out = ROOT / "bench" / f"results-unroll-{rows[0]['device_type']}.json"
-    out.write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {out}")
+    sweep(__file__, measure, ("mtt", "tesla"), name="unroll", steps=[10, 20, 40, 80], repeats=2)
 
 
 if __name__ == "__main__":

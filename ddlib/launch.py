@@ -61,14 +61,7 @@ def select(nodes: list[str], edges: list[tuple[str, str]], changed: set[str], ta
     todo = plan.to_run(changed, nodes, [e for e in edges if not sources.fingerprint_stage(e[0])])
     if not targets:
         return todo
-    need = {s for s in nodes if any(_matches(s, t) for t in targets)}
-    frontier = list(need)
-    while frontier:
-        stage = frontier.pop()
-        for up, down in edges:
-            if down == stage and up not in need:
-                need.add(up)
-                frontier.append(up)
+    need = plan.reachable({s for s in nodes if any(_matches(s, t) for t in targets)}, edges, upstream=True)
     return [s for s in todo if s in need]
 
 

@@ -37,15 +37,22 @@ def dag(root: Path) -> tuple[list[str], list[tuple[str, str]]]:
     return nodes, edges
 
 
-def to_run(changed: set[str], nodes: list[str], edges: list[tuple[str, str]]) -> list[str]:
-    """The changed stages and everything downstream of them, in pipeline order."""
-    todo, frontier = set(changed), list(changed)
+def reachable(start: set[str], edges: list[tuple[str, str]], *, upstream: bool = False) -> set[str]:
+    """`start` and every stage downstream of it (or upstream, what it reads from)."""
+    seen, frontier = set(start), list(start)
     while frontier:
         stage = frontier.pop()
         for up, down in edges:
-            if up == stage and down not in todo:
-                todo.add(down)
-                frontier.append(down)
+            src, dst = (down, up) if upstream else (up, down)
+            if src == stage and dst not in seen:
+                seen.add(dst)
+                frontier.append(dst)
+    return seen
+
+
+def to_run(changed: set[str], nodes: list[str], edges: list[tuple[str, str]]) -> list[str]:
+    """The changed stages and everything downstream of them, in pipeline order."""
+    todo = reachable(changed, edges)
     return [n for n in nodes if n in todo]
 
 
