@@ -222,12 +222,18 @@ def new_seed(gen: torch.Generator) -> int:
 
 def distill(method: str, step: Callable[[State], float], real, cfg, *, ipc: int, device: torch.device, seed: int,
             checkpoint: str | Path | None = None, setup: Callable[[State], None] | None = None,
-            zca: bool = False) -> SyntheticSet:
-    """The whole life of an iterative method: init the synthetic set from `cfg` (then `setup(state)`, which may
-    add learned extras, change the init or replace the optimizer), run `step`, package it (see State.extra for learned extras)."""
+            zca: bool = False, init: Callable[[torch.Generator], State] | None = None,
+            decode: Callable[[State], tuple[torch.Tensor, torch.Tensor]] | None = None,
+            describe: Callable[[State], dict] | None = None) -> SyntheticSet:
+    """The whole life of an iterative method: init the synthetic set from `cfg` (or `init(gen)`, a method's own
+    parameterisation: bases, codes, ...), then `setup(state)`, which may add learned extras, change the init or
+    replace the optimizer; run `step`; package it (see State.extra for learned extras). A parameterised set
+    gives the images it trains on and their labels through `decode(state)` and adds provenance (its storage)
+    through `describe`."""
     gen = torch.Generator().manual_seed(seed)
-    state = init_state(real, ipc, init=cfg.init, lr_img=cfg.lr_img, momentum=getattr(cfg, "momentum", 0.0), gen=gen,
-                       device=device)
+    state = init(gen) if init is not None else init_state(real, ipc, init=cfg.init, lr_img=cfg.lr_img,
+                                                          momentum=getattr(cfg, "momentum", 0.0), gen=gen,
+                                                          device=device)
     if setup is not None:
         setup(state)
     iterations = params.per_ipc(cfg.iterations, ipc, "iterations")
@@ -238,9 +244,15 @@ def distill(method: str, step: Callable[[State], float], real, cfg, *, ipc: int,
                checkpoint_every=cfg.checkpoint_every, time_budget_s=budget, desc=desc)
     extra = state.extra
     labels = torch.softmax(extra["labels"].detach(), 1) if "labels" in extra else state.y_syn
-    return finish(extra.get("ema", state.x_syn), labels, method=method, real=real, ipc=ipc, params=asdict(cfg),
+    if decode is not None:
+        with torch.no_grad():
+            images, labels = decode(state)
+    else:
+        images = extra.get("ema", state.x_syn)
+    return finish(images, labels, method=method, real=real, ipc=ipc, params=asdict(cfg),
                   device=device, seed=seed, wall_time_s=info.wall_time_s, peak_mem_mb=info.peak_mem_mb,
                   iterations=info.iterations, lr=float(extra["lr"].detach()) if "lr" in extra else None, zca=zca,
                   targets=extra.get("targets"),
                   extra={"iterations_planned": iterations, "stopped_by": info.stopped_by,
-                         "resumed_from": info.resumed_from, "loss_history": info.history})
+                         "resumed_from": info.resumed_from, "loss_history": info.history,
+                         **(describe(state) if describe is not None else {})})

@@ -29,10 +29,11 @@ DATASETS = ("mnist", "fashion_mnist", "svhn", "cifar10", "cifar100", "tinyimagen
 IPCS = (1, 10, 50)
 
 # The order of the report's rows and figure legends: by family (selection, gradient matching, distribution and
-# feature matching, trajectory matching, kernel ridge regression, backpropagation through training), then any
-# other method alphabetically.
+# feature matching, trajectory matching, kernel ridge regression, backpropagation through training, factorized and
+# generative), then any other method alphabetically.
 FAMILY_ORDER = ("random", "herding", "kcenter", "dc", "dsa", "dcc", "idc", "accdd", "dm", "cafe", "cafe_dsa",
-                "mtt", "ftd", "tesla", "datm", "kip", "frepo", "rfad", "dd", "ld", "sldd", "rtp")
+                "mtt", "ftd", "tesla", "datm", "kip", "frepo", "rfad", "dd", "ld", "sldd", "rtp", "haba", "glad",
+                "itgan")
 
 
 def method_rank(method: str) -> tuple[int, str]:

@@ -18,6 +18,7 @@ device type regenerate it byte for byte; reports/costs/ is what this particular 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -36,9 +37,27 @@ def grid_cells(grid: dict) -> list[tuple[str, str, int]]:
 
 
 def stages(grid: dict) -> list[str]:
-    """The DVC stages behind the report's numbers: each cell's distill and evaluate, and the expert buffers."""
+    """The DVC stages behind the report's numbers: each cell's distill and evaluate, the expert buffers and the
+    generators."""
     cells = [f"{stage}@{results.key(*cell)}" for cell in grid_cells(grid) for stage in ("distill", "evaluate")]
-    return cells + [f"buffers@{r}-{d}" for r in grid.get("buffers", []) for d in grid["datasets"]]
+    return cells + [f"{kind}@{r}-{d}" for kind in ("buffers", "generators") for r in grid.get(kind, [])
+                    for d in grid["datasets"]]
+
+
+def generators_markdown(summaries: list[dict], dataset: str, stale: dict[str, str] | None) -> list[str]:
+    """What each generator the latent-space methods decode with is, and how long it was trained."""
+    out = ["## Generators", "", "Trained here on the training split by the `generators` stage (nothing is downloaded); "
+           "their weights count in the storage of the sets decoded with them.", ""]
+    for s in summaries:
+        stage = f"generators@{s['name']}-{dataset}"
+        r = s["recipe"]
+        what = (f"conditional DCGAN, z {r['nz']}, width {r['width']}: {s['num_params']:,} floats; {r['epochs']} epochs "
+                f"on {s['train_images']:,} training images, batch {r['batch_size']}, Adam {r['lr']:g}, "
+                f"{s['wall_time_s']:.0f} s; last epoch's losses D {s['history'][-1]['d']:.3f}, G {s['history'][-1]['g']:.3f}")
+        out.append(f"- `{s['name']}` ({s.get('profile', '-')} profile): " +
+                   (f"stale: rerun `dvc repro {stage}` ({stale[stage]})" if stale and stage in stale else what))
+    return out + [""] + [f"![generator {s['name']}](figures/{dataset}_generator_{s['name']}.png)" for s in summaries
+                         if not (stale and f"generators@{s['name']}-{dataset}" in stale)] + [""]
 
 
 def experts_markdown(summaries: list[dict], dataset: str, stale: dict[str, str] | None) -> list[str]:
@@ -258,6 +277,7 @@ def storage(syn, ipc: int, num_classes: int) -> dict:
     schedule = len(prov.get("step_lrs") or []) or (1 if getattr(syn, "lr", None) is not None else 0)
     total = pixels + labels + schedule
     return {"pixels": pixels, "labels": labels, "schedule": schedule, "total": total,
+            "generator": (prov.get("storage") or {}).get("generator_floats", 0),
             "budget": total / (ipc * per_image * num_classes), "trains_on": len(syn.images) / num_classes}
 
 
@@ -269,17 +289,21 @@ def storage_markdown(rows: list[dict], dataset: str, stored: dict[tuple[str, int
         return []
     out = ["## At equal storage", "",
            "Every set of a column is held to the pixel budget of its IPC (IPC real images per class). Stored "
-           "floats count pixels (or what decodes to them: IDC's tiles, RTP's bases and coefficients), learned soft "
-           "labels or targets, and a learned step size or schedule; hard labels are free. A set that decodes into "
-           "more training images than it stores trains on them at no extra storage.", ""]
+           "floats count pixels (or what decodes to them: IDC's tiles, RTP's bases and coefficients, a generator's "
+           "codes and the generator itself, which was trained here on the same data), learned soft labels or "
+           "targets, and a learned step size or schedule; hard labels are free. A set that decodes into more "
+           "training images than it stores trains on them at no extra storage; one that stores more than the "
+           "budget is marked *over*.", ""]
     for ipc in sorted({r["ipc"] for r in rows}):
         body = []
         for r in sorted((r for r in rows if r["ipc"] == ipc), key=lambda r: (-r["acc_mean"], method_rank(r["method"]))):
             st = stored[(r["method"], ipc)]
             parts = "+".join(str(v) for v in (st["pixels"], st["labels"], st["schedule"]) if v) if (
                 st["labels"] or st["schedule"]) else str(st["pixels"])
-            body.append([r["method"], f"{st['total']:,}" + ("" if parts == str(st["total"]) else f" ({parts})"),
-                         f"{st['budget']:.3f}", f"{st['trains_on']:g}", _pm(r["acc_mean"], r["acc_std"])])
+            held = f" (generator {st['generator']:,})" if st.get("generator") else ""
+            body.append([r["method"], f"{st['total']:,}" + ("" if parts == str(st["total"]) else f" ({parts})") + held,
+                         f"{st['budget']:.3f}" + (" *over*" if st["budget"] > 1.0005 else ""), f"{st['trains_on']:g}",
+                         _pm(r["acc_mean"], r["acc_std"])])
         out += [f"IPC {ipc}:", "", *_md_table(["method", "stored floats (pixels+labels+schedule)",
                                                "x the pixel budget", "images per class trained on", "accuracy (%)"],
                                               body), ""]
@@ -426,6 +450,18 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
             md += experts_markdown(summaries, dataset, stale)
             written += [figures.plot_expert_curves(s, out / "figures" / f"{dataset}_experts_{s['name']}.png")
                         for s in summaries if not (stale and f"buffers@{s['name']}-{dataset}" in stale)]
+        summaries = [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob(f"generators/*-{dataset}.json"))]
+        recipes = grid.get("generators", []) if grid else None
+        summaries = [s for s in summaries if s["dataset"] == dataset and (recipes is None or s["name"] in recipes)]
+        if summaries:
+            md += generators_markdown(summaries, dataset, stale)
+            for s in summaries:
+                sample = Path(results_dir) / "generators" / f"{s['name']}-{dataset}.png"
+                if sample.exists() and not (stale and f"generators@{s['name']}-{dataset}" in stale):
+                    target = out / "figures" / f"{dataset}_generator_{s['name']}.png"
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(sample, target)
+                    written.append(target)
         md += ["## Synthetic images", ""]
         for r in mine:
             if (r["method"], r["ipc"]) not in sets:

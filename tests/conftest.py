@@ -32,12 +32,16 @@ def tiny_test(fixture_root):
 
 @pytest.fixture(scope="session")
 def tiny_buffers(fixture_root, tiny_train, tiny_test):
-    """Expert buffers of every recipe in params.yaml (tiny profile) under fixture_root: the data_root that
-    trajectory-matching methods get in tests."""
-    from ddlib import experts, params
+    """Expert buffers and generators of every recipe in params.yaml (tiny profile) under fixture_root: the
+    data_root that trajectory-matching and latent-space methods get in tests."""
+    from ddlib import experts, generators, params
     all_params = params.load("params.yaml")
     for name in all_params["buffers"]:
         recipe = experts.Recipe(**params.resolve(all_params["buffers"][name], "tiny"))
         experts.train(tiny_train, tiny_test, recipe, fixture_root / "fashion_mnist" / "buffers" / name, name=name,
                       device=torch.device("cpu"), seed=0, checkpoint_dir=fixture_root / "checkpoints" / name)
+    for name in all_params["generators"]:
+        recipe = generators.Recipe(**params.resolve(all_params["generators"][name], "tiny"))
+        generators.train(tiny_train, recipe, fixture_root / "fashion_mnist" / "generators" / name, name=name,
+                         device=torch.device("cpu"), seed=0, checkpoint_dir=fixture_root / "checkpoints" / f"g-{name}")
     return fixture_root

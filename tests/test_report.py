@@ -426,7 +426,7 @@ def test_storage_counts_pixels_labels_and_schedule_against_the_pixel_budget(tmp_
     """Hand counts on 2-class 8x8 sets (64 floats an image, budget at IPC 1: 128 floats)."""
     plain = _synset("dm", "fashion_mnist", 1)
     assert report.storage(plain, 1, 2) == {"pixels": 128, "labels": 0, "schedule": 0, "total": 128, "budget": 1.0,
-                                        "trains_on": 1.0}
+                                        "trains_on": 1.0, "generator": 0}
     soft = SyntheticSet(images=torch.zeros(2, 1, 8, 8), labels=torch.full((2, 2), 0.5), method="sldd",
                         dataset="fashion_mnist", ipc=1, provenance={"step_lrs": [0.1, 0.2, 0.3]})
     assert report.storage(soft, 1, 2)["total"] == 128 + 4 + 3 and report.storage(soft, 1, 2)["budget"] == 135 / 128
@@ -442,3 +442,23 @@ def test_storage_counts_pixels_labels_and_schedule_against_the_pixel_budget(tmp_
     _, body = _table_rows(md, "| method | stored floats")
     assert list(body) == ["rtp", "dm"]                      # by accuracy
     assert body["rtp"] == ["121 (120+1)", "0.945", "29", "60.0"] and body["dm"] == ["128", "1.000", "1", "50.0 ± 1.0"]
+    # a latent-space set: 2 codes of 16 floats and a 300-float generator, which counts: over the budget
+    latent = SyntheticSet(images=torch.zeros(2, 1, 8, 8), labels=torch.arange(2), method="glad", dataset="fashion_mnist",
+                          ipc=1, provenance={"storage": {"stored_floats": 332, "generator_floats": 300}})
+    st = report.storage(latent, 1, 2)
+    assert (st["total"], st["generator"], st["budget"]) == (332, 300, 332 / 128)
+    md = "\n".join(report.storage_markdown(rows[:1], "fashion_mnist", {("dm", 1): st}))
+    assert _table_rows(md, "| method | stored floats")[1]["dm"][:2] == ["332 (generator 300)", "2.594 *over*"]
+
+
+def test_generators_are_described_and_their_stages_checked():
+    grid = {**GRID, "methods": ["glad"], "ipcs": [1], "generators": ["dcgan"]}
+    assert report.stages(grid)[-1] == "generators@dcgan-fashion_mnist"
+    s = {"name": "dcgan", "profile": "quick", "num_params": 268899, "train_images": 10000, "wall_time_s": 61.2,
+         "recipe": {"nz": 64, "width": 32, "epochs": 8, "batch_size": 128, "lr": 2e-4},
+         "history": [{"d": 1.0, "g": 2.0}, {"d": 0.9, "g": 1.2}]}
+    md = "\n".join(report.generators_markdown([s], "fashion_mnist", None))
+    assert "- `dcgan` (quick profile): conditional DCGAN, z 64, width 32: 268,899 floats; 8 epochs on 10,000" in md
+    assert "D 0.900, G 1.200" in md and "figures/fashion_mnist_generator_dcgan.png" in md
+    md = "\n".join(report.generators_markdown([s], "fashion_mnist", {"generators@dcgan-fashion_mnist": "params"}))
+    assert "stale: rerun `dvc repro generators@dcgan-fashion_mnist` (params)" in md and ".png" not in md

@@ -56,9 +56,13 @@ def test_a_method_never_depends_on_another_familys_module():
     for m in methods.available():
         others = {f"ddlib/methods/{o}.py" for o in methods.available()} - {f"ddlib/methods/{m}.py"}
         # DSA is DC with Siamese augmentation; DCC, IDC and CAFE reuse DC's matching pieces (Acc-DD is IDC with
-        # other networks, CAFE+DSA is CAFE); FTD, TESLA and DATM are MTT with changes; SLDD is DD with labels
-        dc, idc, cafe, dd = ({f"ddlib/methods/{x}.py"} for x in ("dc", "idc", "cafe", "dd"))
+        # other networks, CAFE+DSA is CAFE); FTD, TESLA and DATM are MTT with changes; SLDD is DD with labels;
+        # GLaD applies DC's, DM's or MTT's loss in latent space, IT-GAN is GLaD started by GAN inversion, HaBa
+        # matches MTT's trajectories with hallucinated images
+        dc, idc, cafe, dd, glad = ({f"ddlib/methods/{x}.py"} for x in ("dc", "idc", "cafe", "dd", "glad"))
+        objectives = {f"ddlib/methods/{x}.py" for x in ("dc", "dm", "mtt")}
         allowed = {"dsa": dc, "dcc": dc, "idc": dc, "cafe": dc, "accdd": dc | idc, "cafe_dsa": dc | cafe, "sldd": dd,
+                   "glad": objectives, "itgan": objectives | glad, "haba": {"ddlib/methods/mtt.py"},
                    **{tm: {"ddlib/methods/mtt.py"} for tm in ("ftd", "tesla", "datm")}}.get(m, set())
         assert files[m] & others == allowed, m
     assert "ddlib/methods/coreset.py" in files["herding"] and "ddlib/methods/coreset.py" not in files["dm"]
@@ -139,8 +143,9 @@ def test_manifests_are_byte_stable_and_outdated_names_what_changed(scratch):
     with open(root / "ddlib" / "methods" / "dc.py", "a") as f:
         f.write("# an edit\n")
     changed = sources.outdated(root, lock)
-    # the gradient-matching family imports it; the inputs stage asks every method module what it reads (cheap)
-    family = ("dc", "dsa", "dcc", "idc", "accdd", "cafe", "cafe_dsa")
+    # the gradient-matching family imports it, and so do the latent-space methods that can run its loss; the
+    # inputs stage asks every method module what it reads (cheap)
+    family = ("dc", "dsa", "dcc", "idc", "accdd", "cafe", "cafe_dsa", "glad", "itgan")
     assert set(changed) == {f"distill@{m}-x-1" for m in family} | {"inputs-x-1"}
     assert changed["distill@dc-x-1"] == "source changed: ddlib/methods/dc.py"
 

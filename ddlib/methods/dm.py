@@ -48,29 +48,28 @@ def mean_embedding_distance(emb_real: torch.Tensor, emb_syn: torch.Tensor) -> to
     return ((emb_real.mean(1) - emb_syn.mean(1)) ** 2).sum()
 
 
-def draw(real: LabeledImages, state: loop.State, cfg: Config) -> tuple[torch.Tensor, list]:
+def draw(real: LabeledImages, gen: torch.Generator, cfg) -> tuple[torch.Tensor, list]:
     """Each class's real batch (indices) and, with DSA, its one Siamese draw, in the order the per-class
     reference (bench/reference.py) takes them from the generator."""
     index, transforms = [], []
     for c in range(real.spec.num_classes):
-        index.append(real.sample_index(c, cfg.batch_real, state.gen))
+        index.append(real.sample_index(c, cfg.batch_real, gen))
         if cfg.dsa:
-            transforms.append(augment.sample_dsa(real.spec.dsa_strategy, state.gen))
+            transforms.append(augment.sample_dsa(real.spec.dsa_strategy, gen))
     return torch.cat(index), transforms
 
 
-def step(state: loop.State, real: LabeledImages, cfg: Config) -> float:
-    """One DM iteration: new random embedding, class-wise mean matching, one image update.
+def loss(x_syn: torch.Tensor, gen: torch.Generator, real: LabeledImages, cfg) -> torch.Tensor:
+    """The DM loss of class-major images x_syn (any graph behind them: pixels, or a generator's output).
 
     Every class is drawn first (in the per-class reference's order), then the real images of all classes go
     through the network together without autograd and the synthetic ones in one call, each class under its
     own transform: the loss equals bench/reference.py's per-class step to float rounding (tests/test_methods.py)."""
-    spec, device = real.spec, state.x_syn.device
-    net = nets.make_net(cfg.model, spec.channels, spec.num_classes, spec.im_size,
-                        seed=loop.new_seed(state.gen)).to(device)
+    spec, device = real.spec, x_syn.device
+    net = nets.make_net(cfg.model, spec.channels, spec.num_classes, spec.im_size, seed=loop.new_seed(gen)).to(device)
     net.requires_grad_(False)  # psi is a fixed random feature map; only the images learn
     k = spec.num_classes
-    index, transforms = draw(real, state, cfg)
+    index, transforms = draw(real, gen, cfg)
     with torch.inference_mode():   # the real side needs no autograd
         x_real = real.x[index.to(real.x.device)].to(device)
         if cfg.dsa:
@@ -78,9 +77,13 @@ def step(state: loop.State, real: LabeledImages, cfg: Config) -> float:
         # a BatchNorm net sees every class's real images in one batch (shared statistics), never in chunks
         emb_real = (net.embed(x_real) if nets.has_bn(net) else nets.embed_chunked(net, x_real)).view(k, cfg.batch_real, -1)
         emb_real = emb_real.mean(1, keepdim=True)
-    x_syn = augment.apply_per_group(state.x_syn, transforms) if cfg.dsa else state.x_syn
-    loss = mean_embedding_distance(emb_real.clone(), net.embed(x_syn).view(k, len(x_syn) // k, -1))
-    return loop.update(state, loss)
+    x_syn = augment.apply_per_group(x_syn, transforms) if cfg.dsa else x_syn
+    return mean_embedding_distance(emb_real.clone(), net.embed(x_syn).view(k, len(x_syn) // k, -1))
+
+
+def step(state: loop.State, real: LabeledImages, cfg: Config) -> float:
+    """One DM iteration: new random embedding, class-wise mean matching, one image update."""
+    return loop.update(state, loss(state.x_syn, state.gen, real, cfg))
 
 
 def distill(real: LabeledImages, cfg: Config, *, ipc: int, device, seed: int,

@@ -51,10 +51,15 @@ class Config:
     checkpoint_every: int = 50
 
     def __post_init__(self):
-        for name in ("iterations", "syn_steps", "expert_epochs", "max_start_epoch", "lr_img", "lr_lr", "lr_init"):
-            params.check_budget(getattr(self, name), name)
-        params.check_budget(self.batch_syn, "batch_syn", allow_none=True)
-        params.check_budget(self.time_budget_s, "time_budget_s", allow_none=True)
+        check_budgets(self)
+
+
+def check_budgets(cfg) -> None:
+    """The trajectory-matching budgets of a Config (MTT's and every method that reuses its fields)."""
+    for name in ("iterations", "syn_steps", "expert_epochs", "max_start_epoch", "lr_img", "lr_lr", "lr_init"):
+        params.check_budget(getattr(cfg, name), name)
+    params.check_budget(cfg.batch_syn, "batch_syn", allow_none=True)
+    params.check_budget(cfg.time_budget_s, "time_budget_s", allow_none=True)
 
 
 @dataclass

@@ -25,7 +25,7 @@ Bases, coefficients and directly learned images start Xavier-uniform (the offici
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -171,18 +171,9 @@ def distill(real: LabeledImages, cfg: Config, *, ipc: int, device, seed: int, ch
             method: str = ID) -> SyntheticSet:
     cfg = params.at_ipc(cfg, ipc)
     spec = real.spec
-    state = init(real, cfg, ipc, torch.Generator().manual_seed(seed), device)
     fnet = unroll.FlatNet(nets.make_net(cfg.model, spec.channels, spec.num_classes, spec.im_size, seed=0).to(device))
-    iterations = params.per_ipc(cfg.iterations, ipc, "iterations")
-    budget = params.per_ipc(cfg.time_budget_s, ipc, "time_budget_s")
-    info = loop.run(state, lambda s: step(s, real, cfg, fnet), iterations=iterations, device=device,
-                    checkpoint=checkpoint, run_id=loop.fingerprint(method=method, ipc=ipc, seed=seed, **asdict(cfg)),
-                    checkpoint_every=cfg.checkpoint_every, time_budget_s=budget, desc=f"{method} ipc{ipc}")
-    with torch.no_grad():
-        x = decode(state, cfg, spec.im_size)
-    return loop.finish(x, state.y_syn, method=method, real=real, ipc=ipc, params=asdict(cfg), device=device,
-                       seed=seed, wall_time_s=info.wall_time_s, peak_mem_mb=info.peak_mem_mb,
-                       iterations=info.iterations,
-                       extra={"iterations_planned": iterations, "stopped_by": info.stopped_by,
-                              "resumed_from": info.resumed_from, "loss_history": info.history,
-                              "storage": storage(cfg, ipc, (spec.channels, *spec.im_size), spec.num_classes)})
+    return loop.distill(method, lambda s: step(s, real, cfg, fnet), real, cfg, ipc=ipc, device=device, seed=seed,
+                        checkpoint=checkpoint, init=lambda gen: init(real, cfg, ipc, gen, device),
+                        decode=lambda s: (decode(s, cfg, spec.im_size), s.y_syn),
+                        describe=lambda s: {"storage": storage(cfg, ipc, (spec.channels, *spec.im_size),
+                                                               spec.num_classes)})

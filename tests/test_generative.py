@@ -1,0 +1,154 @@
+"""Generators (the `generators` stage), the latent-space methods GLaD and IT-GAN, and HaBa's factorisation."""
+
+import contextlib
+import math
+
+import pytest
+import torch
+
+from ddlib import generators, methods
+from ddlib.methods import glad
+
+CPU = torch.device("cpu")
+
+
+@contextlib.contextmanager
+def killed_at(monkeypatch, module, name: str, call: int):
+    """`module.name` raises KeyboardInterrupt (a kill) at its `call`-th call inside the block, then is restored."""
+    real, calls = getattr(module, name), []
+
+    def dies(*a, **k):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(module, name, dies)
+    with pytest.raises(KeyboardInterrupt):
+        yield
+    monkeypatch.setattr(module, name, real)
+
+
+def test_generator_floats_match_a_hand_count():
+    """nz 4, width 2, 2 classes, 1 channel, 8x8: every float decoding reads (weights, BN statistics, mean/std)."""
+    g = generators.Generator(4, 2, 1, (8, 8), 2, mean=(0.5,), std=(0.25,))
+    fc = (4 + 2) * 16 + 16                 # [z; onehot] -> 4 x 2 x 2
+    bn0, bn1 = 4 * 4, 2 * 4                # weight, bias, running mean and var
+    up = (4 * 2 * 16 + 2) + (2 * 1 * 16 + 1)
+    assert generators.num_params(g) == fc + bn0 + up + bn1 + 2 == 301
+    cfg = glad.Config(space="z")
+    st = glad.storage(cfg, g, num_images=6, num_classes=2)
+    assert (st["codes_floats"], st["generator_floats"], st["stored_floats"]) == (24, 301, 325)
+    assert glad.storage(glad.Config(space="f"), g, 6, 2)["codes_floats"] == 6 * 4 * 2 * 2
+    assert st["ipc_stored"] == 325 / 128
+
+
+def test_generator_output_is_in_the_datasets_mean_std_space():
+    g = generators.Generator(4, 2, 1, (8, 8), 2, mean=(0.5,), std=(0.25,)).eval()
+    x = g(torch.randn(3, 4), torch.tensor([0, 1, 1]))
+    assert x.shape == (3, 1, 8, 8) and x.min() >= (0 - 0.5) / 0.25 and x.max() <= (1 - 0.5) / 0.25
+
+
+def test_a_killed_generator_run_resumes_to_the_same_weights(tiny_train, tmp_path, monkeypatch):
+    recipe = generators.Recipe(nz=8, width=4, epochs=2, batch_size=8)
+    whole = generators.train(tiny_train, recipe, tmp_path / "whole", name="t", device=CPU, seed=0,
+                             checkpoint_dir=tmp_path / "ck1")
+    with killed_at(monkeypatch, generators, "epoch", 2):
+        generators.train(tiny_train, recipe, tmp_path / "resumed", name="t", device=CPU, seed=0,
+                         checkpoint_dir=tmp_path / "ck2")
+    resumed = generators.train(tiny_train, recipe, tmp_path / "resumed", name="t", device=CPU, seed=0,
+                               checkpoint_dir=tmp_path / "ck2")
+    assert resumed["history"] == whole["history"]
+    a, b = (torch.load(tmp_path / d / "generator.pt", weights_only=False)["state_dict"] for d in ("whole", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("method", ["glad", "itgan"])
+def test_stored_codes_decode_to_exactly_the_set(method, tiny_train, tiny_buffers):
+    params = {"iterations": 2, "matching": {"syn_steps": 2, "max_start_epoch": 1}} if method == "glad" else \
+        {"iterations": 2, "invert_steps": 2, "matching": {"batch_real": 4}}
+    syn = methods.distill(method, tiny_train, ipc=1, params=params, device="cpu", seed=0, data_root=tiny_buffers)
+    g = generators.load("dcgan", data_root=tiny_buffers, spec=tiny_train.spec, device=CPU)
+    codes = syn.provenance["codes"]
+    with torch.no_grad():
+        again = g.tail(codes["f"]) if method == "glad" else g(codes["z"], syn.hard_labels())
+    assert torch.equal(again, syn.images)
+    st = syn.provenance["storage"]
+    assert st["generator_floats"] == generators.num_params(g)
+    assert st["codes_floats"] == sum(c.numel() for k, c in codes.items() if k == ("f" if method == "glad" else "z"))
+
+
+def test_glad_objectives_move_the_codes(tiny_train, tiny_buffers):
+    for objective, matching in (("dm", {"batch_real": 4}), ("dc", {"batch_real": 4})):
+        syn = methods.distill("glad", tiny_train, ipc=1, device="cpu", seed=0, data_root=tiny_buffers,
+                              params={"objective": objective, "matching": matching, "iterations": 2, "space": "z"})
+        g = generators.load("dcgan", data_root=tiny_buffers, spec=tiny_train.spec, device=CPU)
+        start = torch.randn(len(syn.images), g.nz, generator=torch.Generator().manual_seed(0))
+        assert not torch.equal(syn.provenance["codes"]["z"], start), objective   # the codes learned
+        assert len(syn.provenance["loss_history"]) == 2
+
+
+def test_a_missing_generator_names_its_stage(tiny_train, tmp_path):
+    with pytest.raises(FileNotFoundError, match="dvc repro generators@dcgan-fashion_mnist"):
+        methods.distill("glad", tiny_train, ipc=1, params={"iterations": 1, "objective": "dm"}, device="cpu",
+                        data_root=tmp_path)
+    with pytest.raises(FileNotFoundError, match="no generator at .*mine.pt; check the path"):
+        methods.distill("glad", tiny_train, ipc=1, params={"generator": str(tmp_path / "mine.pt"), "objective": "dm"},
+                        device="cpu", data_root=tmp_path)
+
+
+def test_bad_configs_fail_early():
+    with pytest.raises(ValueError, match="objective 'kip'"):
+        glad.Config(objective="kip")
+    with pytest.raises(ValueError, match="zca: false"):
+        glad.Config(zca=True)
+    with pytest.raises(ValueError, match="GAN inversion"):
+        methods.make_config("itgan", {"init": "noise"})
+    with pytest.raises(ValueError, match="matching.zca: false"):
+        glad.objective_config(glad.Config(matching={"zca": True}), 1)
+
+
+def test_a_generator_for_another_dataset_is_refused(tiny_train, tmp_path):
+    g = generators.Generator(8, 10, 3, (32, 32), 4, mean=(0.5,) * 3, std=(0.25,) * 3)
+    torch.save({"arch": g.arch, "state_dict": g.state_dict(), "fingerprint": "x"}, tmp_path / "cifar.pt")
+    with pytest.raises(ValueError, match="does not fit fashion_mnist: channels is 3, needed 1"):
+        generators.load(str(tmp_path / "cifar.pt"), data_root=tmp_path, spec=tiny_train.spec, device=CPU)
+
+
+# ---------------------------------------------------------------- HaBa
+def test_supcon_matches_a_hand_computation():
+    """Two identical unit vectors per class, temperature 1: every anchor has one positive at similarity 1 and two
+    negatives at 0, so the loss is -(1 - log(e + 2))."""
+    from ddlib.methods import haba
+    z = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    got = haba.supcon(z, torch.tensor([0, 0, 1, 1]), 1.0)
+    assert torch.isclose(got, torch.tensor(math.log(math.e + 2) - 1), atol=1e-6)
+    # at temperature t the similarities scale by 1/t
+    assert torch.isclose(haba.supcon(z, torch.tensor([0, 0, 1, 1]), 0.5), torch.tensor(math.log(math.e ** 2 + 2) - 2))
+
+
+def test_haba_decodes_every_pair_and_counts_its_storage(tiny_train, tiny_buffers):
+    from ddlib.methods import haba
+    syn = methods.distill("haba", tiny_train, ipc=1, params={"iterations": 2, "syn_steps": 2, "max_start_epoch": 1,
+                                                             "zca": False}, device="cpu", seed=0, data_root=tiny_buffers)
+    codes = syn.provenance["codes"]
+    again = torch.cat([haba.hallucinate(codes["bases"], codes, s) for s in range(5)])
+    assert torch.equal(again, syn.images) and syn.labels.tolist() == list(range(10)) * 5
+    # 10 bases of 784 floats; 5 hallucinators of 2 x (1x1x3x3 + 1) conv floats and 2 x 26 x 26 scale/shift
+    st = syn.provenance["storage"]
+    assert (st["bases_floats"], st["hallucinator_floats"]) == (7840, 5 * (2 * 10 + 2 * 676))
+    assert st["decoded_images"] == 50 and st["ipc_stored"] == (7840 + 6860) / 7840
+    assert 0.001 <= syn.lr   # the learned step size is clipped from below
+
+
+def test_haba_resumes_exactly(tiny_train, tiny_buffers, tmp_path, monkeypatch):
+    """The content extractor's weights and momentum live in the state: a killed run resumed from its checkpoint
+    gives the same set as an uninterrupted one."""
+    from ddlib.methods import haba
+    p = {"iterations": 3, "syn_steps": 2, "max_start_epoch": 1, "zca": False, "checkpoint_every": 1}
+    whole = methods.distill("haba", tiny_train, ipc=1, params=p, device="cpu", seed=0, data_root=tiny_buffers)
+    ck = tmp_path / "haba.pt"
+    with killed_at(monkeypatch, haba, "step", 3):
+        methods.distill("haba", tiny_train, ipc=1, params=p, device="cpu", seed=0, data_root=tiny_buffers, checkpoint=ck)
+    resumed = methods.distill("haba", tiny_train, ipc=1, params=p, device="cpu", seed=0, data_root=tiny_buffers,
+                              checkpoint=ck)
+    assert resumed.provenance["resumed_from"] == 2 and resumed.content_hash() == whole.content_hash()
