@@ -78,11 +78,11 @@ def test_stored_codes_decode_to_exactly_the_set(method, tiny_train, tiny_buffers
 
 
 def test_glad_objectives_move_the_codes(tiny_train, tiny_buffers):
+    g = generators.load("dcgan", data_root=tiny_buffers, spec=tiny_train.spec, device=CPU)
+    start = torch.randn(10, g.nz, generator=torch.Generator().manual_seed(0))   # the codes' init draw
     for objective, matching in (("dm", {"batch_real": 4}), ("dc", {"batch_real": 4})):
         syn = methods.distill("glad", tiny_train, ipc=1, device="cpu", seed=0, data_root=tiny_buffers,
                               params={"objective": objective, "matching": matching, "iterations": 2, "space": "z"})
-        g = generators.load("dcgan", data_root=tiny_buffers, spec=tiny_train.spec, device=CPU)
-        start = torch.randn(len(syn.images), g.nz, generator=torch.Generator().manual_seed(0))
         assert not torch.equal(syn.provenance["codes"]["z"], start), objective   # the codes learned
         assert len(syn.provenance["loss_history"]) == 2
 
