@@ -152,3 +152,51 @@ def test_haba_resumes_exactly(tiny_train, tiny_buffers, tmp_path, monkeypatch):
     resumed = methods.distill("haba", tiny_train, ipc=1, params=p, device="cpu", seed=0, data_root=tiny_buffers,
                               checkpoint=ck)
     assert resumed.provenance["resumed_from"] == 2 and resumed.content_hash() == whole.content_hash()
+
+
+def test_kfs_decoder_starts_at_bilinear_upsampling():
+    """A stride-2 transposed convolution with the bilinear kernel maps a constant code to the constant (interior)
+    and, at the zero-padded border, to 3/4 of it; with the residual branch off, that is the whole decoder."""
+    from ddlib.methods import kfs
+    assert torch.equal(kfs.bilinear_kernel(2)[0], torch.tensor([1, 3, 3, 1]) / 16)
+    assert torch.equal(kfs.bilinear_kernel(1), torch.ones(1, 1))
+    cfg = kfs.Config(residual_init=0.0)
+    dec = kfs.decoders(2, 1, cfg, torch.Generator().manual_seed(0))
+    dec["b2"].zero_()
+    x = kfs.decode(torch.ones(1, 1, 4, 4), dec, 2)
+    assert x.shape == (2, 1, 8, 8)
+    assert torch.allclose(x[:, :, 1:-1, 1:-1], torch.ones(2, 1, 6, 6))
+    assert torch.allclose(x[0, 0, 0, 1:-1], torch.full((6,), 0.75)) and torch.isclose(x[0, 0, 0, 0], torch.tensor(0.5625))
+
+
+def test_kfs_fills_the_pixel_budget_with_codes(tiny_train):
+    """Fashion-MNIST, 2 decoders of (1x1x4x4 + 1) + (8x1x3x3 + 8) + (1x8x3x3 + 1) = 170 floats: IPC 1 buys
+    (7840 - 340) // (10 x 14 x 14) = 3 codes per class, IPC 10 (78400 - 340) // 1960 = 39."""
+    from ddlib.methods import kfs
+    cfg = kfs.Config()
+    assert kfs.decoder_floats(1, cfg) == 340
+    assert (kfs.codes_per_class(cfg, 1, tiny_train.spec), kfs.codes_per_class(cfg, 10, tiny_train.spec)) == (3, 39)
+    assert kfs.codes_per_class(kfs.Config(codes_per_class={1: 5}), 1, tiny_train.spec) == 5
+    with pytest.raises(ValueError, match="fewer decoders"):
+        kfs.codes_per_class(kfs.Config(n_decoders=50), 1, tiny_train.spec)
+    with pytest.raises(ValueError, match="downsample"):
+        kfs.Config(downsample=3)
+
+
+def test_kfs_decodes_every_pair_learns_its_decoders_and_resumes(tiny_train, tmp_path, monkeypatch):
+    from ddlib.methods import kfs
+    p = {"iterations": 3, "batch_real": 4, "batch_syn": 4, "lr_decoder": 1e-2, "checkpoint_every": 1}
+    syn = methods.distill("kfs", tiny_train, ipc=1, params=p, device="cpu", seed=0)
+    codes = syn.provenance["codes"]
+    assert torch.equal(kfs.decode(codes["codes"], codes, 2), syn.images)
+    assert syn.images.shape == (60, 1, 28, 28) and syn.labels.tolist() == [c for c in range(10) for _ in range(6)]
+    st = syn.provenance["storage"]
+    assert (st["codes_floats"], st["decoder_floats"], st["decoded_images"]) == (30 * 196, 340, 60)
+    assert st["stored_floats"] <= 7840 and st["ipc_decoded"] == 6
+    init = kfs.decoders(2, 1, kfs.Config(), torch.Generator())
+    assert not torch.equal(codes["up_w"], init["up_w"])   # the decoders learned
+    ck = tmp_path / "kfs.pt"
+    with killed_at(monkeypatch, kfs, "step", 3):
+        methods.distill("kfs", tiny_train, ipc=1, params=p, device="cpu", seed=0, checkpoint=ck)
+    resumed = methods.distill("kfs", tiny_train, ipc=1, params=p, device="cpu", seed=0, checkpoint=ck)
+    assert resumed.provenance["resumed_from"] == 2 and resumed.content_hash() == syn.content_hash()

@@ -32,6 +32,7 @@ from torch.func import functional_call
 
 from .. import augment, loop, nets, params, unroll
 from ..data import LabeledImages
+from ..storage import account
 from ..synset import SyntheticSet
 from . import mtt
 
@@ -170,12 +171,8 @@ def setup(state: loop.State, cfg: Config, spec, extractor: unroll.FlatNet) -> No
 
 def storage(state: loop.State, spec) -> dict:
     """Stored floats: the bases and every hallucinator parameter, beside the images training sees."""
-    per_image = spec.channels * math.prod(spec.im_size)
-    bases, halls = state.x_syn.numel(), sum(state.extra[k].numel() for k in PARTS)
-    n_decoded = len(state.x_syn) * len(state.extra["h_w1"])
-    return {"bases_floats": bases, "hallucinator_floats": halls, "stored_floats": bases + halls,
-            "floats_per_image": per_image, "ipc_stored": (bases + halls) / (per_image * spec.num_classes),
-            "decoded_images": n_decoded, "ipc_decoded": n_decoded // spec.num_classes}
+    return account({"bases": state.x_syn.numel(), "hallucinator": sum(state.extra[k].numel() for k in PARTS)},
+                   len(state.x_syn) * len(state.extra["h_w1"]), spec)
 
 
 def distill(real: LabeledImages, cfg: Config, *, ipc: int, device, seed: int, checkpoint: str | Path | None = None,
