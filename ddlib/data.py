@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import runtime
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -293,10 +295,7 @@ def prepare(name: str, root: str | Path = "data", *, force: bool = False, verify
         _check_decoded(spec, split, x, y, raw)
         order = torch.argsort(y, stable=True)  # class-sorted: each class is one contiguous block
         blob[f"{split}_x"], blob[f"{split}_y"] = x[order].contiguous(), y[order].contiguous()
-    tmp = out.with_suffix(".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(out)  # atomic: an interrupted prepare never leaves a half-written prepared.pt behind
-    return out
+    return runtime.atomic_save(blob, out)  # an interrupted prepare never leaves a half-written prepared.pt
 
 
 @dataclass

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -63,12 +62,6 @@ def fingerprint(recipe: Recipe, dataset: str, seed: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _train_one(i: int, real: LabeledImages, test: LabeledImages, recipe: Recipe, fp: str, seed: int,
                device: torch.device, partial: Path) -> dict:
     """Expert i, resumed from its last finished epoch when `partial` holds one of this fingerprint."""
@@ -92,7 +85,7 @@ def _train_one(i: int, real: LabeledImages, test: LabeledImages, recipe: Recipe,
                                     momentum=0.0, weight_decay=0.0, aug=aug, gen=gen, sam=sam)
         record["trajectory"].append(FlatNet(net).flatten().cpu())
         record["test_acc"].append(accuracy(net, test.x, test.y))
-        _atomic_save({"net": net.state_dict(), "gen": gen.get_state(), "record": record}, partial)
+        runtime.atomic_save({"net": net.state_dict(), "gen": gen.get_state(), "record": record}, partial)
         print(f"[buffers] expert {i} epoch {len(record['train_loss'])}/{recipe.epochs}: "
               f"loss {record['train_loss'][-1]:.3f}, test {record['test_acc'][-1]:.1f}%", file=sys.stderr, flush=True)
     record["trajectory"] = torch.stack(record["trajectory"]).to(DTYPES[recipe.dtype])
@@ -125,13 +118,13 @@ def train(real: LabeledImages, test: LabeledImages, recipe: Recipe, out_dir: str
             if done.exists() and torch.load(done, map_location="cpu", weights_only=False)["fingerprint"] == fp:
                 continue
             record = _train_one(i, real, test, recipe, fp, seed * 1000 + i, device, ckpt / f"expert_{i:03d}.partial")
-            _atomic_save(record, done)
+            runtime.atomic_save(record, done)
             (ckpt / f"expert_{i:03d}.partial").unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     accs, files = [], {}
     for i in range(recipe.num_experts):
         record = torch.load(ckpt / f"expert_{i:03d}.pt", map_location="cpu", weights_only=False)
-        _atomic_save(record, out / f"expert_{i:03d}.pt")
+        runtime.atomic_save(record, out / f"expert_{i:03d}.pt")
         files[f"expert_{i:03d}.pt"] = hashlib.sha256((out / f"expert_{i:03d}.pt").read_bytes()).hexdigest()
         accs.append(record["test_acc"])
     index = {"recipe": asdict(recipe), "name": name, "dataset": real.spec.name, "zca": real.zca, "model": recipe.model,

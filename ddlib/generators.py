@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -107,12 +106,6 @@ def num_params(g: nn.Module) -> int:
     return sum(t.numel() for t in g.state_dict().values() if t.is_floating_point())
 
 
-def _save(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def train(real: LabeledImages, recipe: Recipe, out_dir: str | Path, *, name: str, device: torch.device, seed: int,
           checkpoint_dir: str | Path) -> dict:
     """Train G and D on `real` (mean/std space); writes generator.pt + index.json into out_dir, returns the index."""
@@ -143,14 +136,14 @@ def train(real: LabeledImages, recipe: Recipe, out_dir: str | Path, *, name: str
     while len(history) < recipe.epochs:
         with timer:
             history.append(epoch(g, d, opt_g, opt_d, real, recipe, gen))
-        _save({"fingerprint": fp, "g": g.state_dict(), "d": d.state_dict(), "opt_g": opt_g.state_dict(),
+        runtime.atomic_save({"fingerprint": fp, "g": g.state_dict(), "d": d.state_dict(), "opt_g": opt_g.state_dict(),
                "opt_d": opt_d.state_dict(), "gen": gen.get_state(), "history": history, "elapsed": timer.now()}, ckpt)
         print(f"[generators] {name} epoch {len(history)}/{recipe.epochs}: loss D {history[-1]['d']:.3f}, "
               f"G {history[-1]['g']:.3f}", file=sys.stderr, flush=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     g.eval()
-    _save({"arch": g.arch, "state_dict": {k: v.cpu() for k, v in g.state_dict().items()}, "fingerprint": fp},
+    runtime.atomic_save({"arch": g.arch, "state_dict": {k: v.cpu() for k, v in g.state_dict().items()}, "fingerprint": fp},
           out / "generator.pt")
     index = {"recipe": asdict(recipe), "name": name, "dataset": spec.name, "arch": g.arch, "fingerprint": fp,
              "seed": seed, "num_params": num_params(g), "train_images": len(real), "history": history,

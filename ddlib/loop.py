@@ -122,12 +122,6 @@ class RunInfo:
     resumed_from: int | None
 
 
-def _save(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)   # atomic: a kill during the write keeps the previous checkpoint
-
-
 def _progress(desc: str, iterations: int, done: int, time_budget_s: float | None, elapsed: float) -> tqdm:
     """Plain-text bar (readable under papermill): iterations, or seconds when a wall-clock cap is set."""
     common = dict(desc=desc, file=sys.stderr, mininterval=float(os.environ.get("TQDM_MININTERVAL", 10)),
@@ -155,12 +149,10 @@ def run(state: State, step: Callable[[State], float], *, iterations: int, device
             print(f"[{desc}] resumed from {ckpt} at iteration {state.iteration}", file=sys.stderr)
         else:
             print(f"[{desc}] ignoring checkpoint {ckpt} from a different configuration", file=sys.stderr)
-    if ckpt:
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-
     def save():
         if ckpt:
-            _save(ckpt, {"run_id": run_id, "state": state.state_dict(), "history": history, "elapsed": timer.now()})
+            runtime.atomic_save({"run_id": run_id, "state": state.state_dict(), "history": history,
+                                 "elapsed": timer.now()}, ckpt)
 
     runtime.reset_peak_memory(device)
     stopped_by, last_save = "iterations", timer.now()

@@ -40,6 +40,17 @@ def set_threads(n: int | None = None) -> int:
     return n
 
 
+def atomic_save(obj, path: str | Path) -> Path:
+    """torch.save through a temporary file beside `path` and a rename: a run killed mid-write leaves the previous
+    file (or none), never a half-written one. Every checkpoint, expert, generator and synthetic set is saved so."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
+from . import runtime
 
 
 @dataclass
@@ -63,16 +64,11 @@ class SyntheticSet:
 
     def save(self, path: str | Path) -> Path:
         """Atomic write (temp file + rename) so a killed run never leaves a half-written set."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         record = asdict(self)
         record["images"], record["labels"] = self.images.detach().cpu(), self.labels.detach().cpu()
         if self.targets is not None:
             record["targets"] = self.targets.detach().cpu()
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(record, tmp)
-        os.replace(tmp, path)
-        return path
+        return runtime.atomic_save(record, path)
 
     @classmethod
     def load(cls, path: str | Path) -> "SyntheticSet":
