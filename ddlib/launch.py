@@ -18,15 +18,25 @@ On SLURM (scale-out.md pattern A) the DVC processes stay on the launching node a
 with $DD_LAUNCH (empty when unset): `python -m ddlib.launch job -- <command>` submits the command as a job
 through submitit with the resources of params.yaml's `launch` section, waits for it and returns its exit
 status, so DVC hashes the outputs on the shared file system as usual; `srun --gres=gpu:1` works as well.
-The prefix is a command change, so the workbook's dvc.yaml takes it (in PM) with the next change that reruns
-every stage anyway; tests/test_launch.py runs both routes on a pipeline that has it.
+dvc.yaml's PM carries the prefix; tests/test_launch.py runs both routes on a tiny pipeline that has it.
+
+Without a shared file system (scale-out.md pattern B), `--clone REMOTE` runs every stage as a worker in a fresh
+`git clone` of HEAD (`python -m ddlib.launch worker ...`, locally or, with `--submit`, as a submitit job): the
+worker's `dvc repro --pull <stage>` restores the stages it reads from out of REMOTE's run-cache (what earlier
+workers pushed), runs the stage and pushes its outputs and run-cache entry back; then the head's
+`dvc repro --pull` (REMOTE as default remote meanwhile: `--pull` reads no other) finds every stage cached, fetches
+its outputs and writes dvc.lock. DVC 3.67's `pull --run-cache` fetches the run records but not their outputs, so
+a restore needs `--pull`. Stages DVC cannot run-cache (an output with `cache: false`, `persist`,
+`always_changed`: the report; or no dependencies) are left to that final repro.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import queue
+import shutil
 import subprocess
 import sys
 import time
@@ -37,6 +47,7 @@ from pathlib import Path
 from . import plan, sources
 
 LOGS = Path(".launch")
+CLONES = LOGS / "clones"   # the clone route's workers, one folder per stage (removed after a success)
 TAIL = 2000   # characters of a failed stage's log printed with its failure
 
 
@@ -110,8 +121,14 @@ def gpu_pool(gpus: list[int] | None, available: int | None = None) -> queue.Queu
     return pool
 
 
-def runner(root: Path, *, gpus: queue.Queue | None = None, threads: int | None = None, share: bool = False):
-    """run(stage) for schedule(): one `dvc --wait-for-lock repro -s` process with its log and environment."""
+def repro_single(stage: str) -> list[str]:
+    return [sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "-s", stage]
+
+
+def runner(root: Path, *, gpus: queue.Queue | None = None, threads: int | None = None, share: bool = False,
+           command=repro_single):
+    """run(stage) for schedule(): one `command(stage)` process (default: `dvc --wait-for-lock repro -s`) with
+    its log and environment."""
     (root / LOGS).mkdir(parents=True, exist_ok=True)
 
     def run(stage: str) -> Outcome:
@@ -128,8 +145,7 @@ def runner(root: Path, *, gpus: queue.Queue | None = None, threads: int | None =
         log, start = root / LOGS / f"{stage}.log", time.perf_counter()
         try:
             with open(log, "w") as fh:
-                rc = subprocess.run([sys.executable, "-m", "dvc", "--wait-for-lock", "repro", "-s", stage], cwd=root,
-                                    stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
+                rc = subprocess.run(command(stage), cwd=root, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
         finally:
             if gpu is not None:
                 gpus.put(gpu)
@@ -176,6 +192,87 @@ def job(command: list[str], settings: dict, root: Path) -> int:
     return rc
 
 
+# ---------------------------------------------------------------- the worker-clone route (pattern B)
+def _git(root: Path, *args: str) -> str:
+    proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    if proc.returncode:
+        raise ValueError(f"the clone route needs a git repository at {root}: `git {' '.join(args)}` said "
+                         f"{proc.stderr.strip()}")
+    return proc.stdout.strip("\n")   # not the leading blank of `status --porcelain`'s first line
+
+
+def clone_source(root: Path, remote: str) -> tuple[str, str]:
+    """(repository, commit) the workers clone; refuses before anything runs when HEAD is not what would run
+    (uncommitted source) or REMOTE is not a DVC remote of the project."""
+    top, commit = _git(root, "rev-parse", "--show-toplevel"), _git(root, "rev-parse", "HEAD")
+    dirty = [line[3:] for line in _git(root, "status", "--porcelain", "--untracked-files=no").splitlines()
+             if not (line[3:] == "dvc.lock" or line[3:].startswith("reports/"))]
+    if dirty:
+        raise ValueError(f"the workers clone HEAD ({commit[:10]}), but {', '.join(dirty[:5])} "
+                         f"{'differs' if len(dirty) == 1 else 'differ'} from it: commit first")
+    remotes = subprocess.run([sys.executable, "-m", "dvc", "remote", "list"], cwd=root, capture_output=True,
+                             text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"}).stdout.split()
+    if remote not in remotes[0::2]:
+        raise ValueError(f"{remote!r} is not a DVC remote of this project (have: {remotes[0::2] or 'none'}); "
+                         "add one with `dvc remote add <name> <url>` and commit .dvc/config")
+    return top, commit
+
+
+def run_cacheable(root: Path, stage: str) -> bool:
+    """Whether DVC keeps a run-cache entry for the stage (scale-out.md: not without dependencies, with `cache:
+    false` or `persist` outs, or `always_changed`), i.e. whether a worker's run of it can reach the head."""
+    import yaml
+    spec = (yaml.safe_load((root / "dvc.yaml").read_text())["stages"]).get(stage.split("@")[0], {})
+    spec = spec.get("do", spec)
+    outs = [o for kind in ("outs", "metrics", "plots") for o in spec.get(kind) or []]
+    return bool(spec.get("deps")) and not spec.get("always_changed") and not any(
+        isinstance(o, dict) and any(v.get("cache") is False or v.get("persist") for v in o.values()) for o in outs)
+
+
+@contextlib.contextmanager
+def default_remote(root: Path, remote: str):
+    """REMOTE as the default remote of the workspace (in .dvc/config.local) while inside, the previous local setting
+    back afterwards: `dvc repro --pull` reads the run-cache and the restored outputs from the default remote only."""
+    dvc, env = [sys.executable, "-m", "dvc", "remote", "default", "--local"], {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    before = subprocess.run(dvc, cwd=root, capture_output=True, text=True, env=env)
+    subprocess.run(dvc + [remote], cwd=root, check=True, capture_output=True, env=env)
+    try:
+        yield
+    finally:
+        undo = [before.stdout.strip()] if before.returncode == 0 and before.stdout.strip() else ["--unset"]
+        subprocess.run(dvc + undo, cwd=root, capture_output=True, env=env)
+
+
+def worker_command(stage: str, source: str, commit: str, remote: str, workdir: str | None = None) -> list[str]:
+    return [sys.executable, "-m", "ddlib.launch", "worker", "--source", source, "--commit", commit,
+            "--remote", remote, *(["--workdir", workdir] if workdir else []), stage]
+
+
+def worker(stage: str, *, source: str, commit: str, remote: str, workdir: Path) -> int:
+    """One stage in a fresh clone of `source` at `commit`: what it reads comes from REMOTE's run-cache, its
+    outputs and run-cache entry go back there. The clone is removed after a success, kept after a failure."""
+    clone = workdir / stage.replace("@", "__")
+    shutil.rmtree(clone, ignore_errors=True)
+    clone.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "DD_LAUNCH": ""}
+    dvc = [sys.executable, "-m", "dvc"]
+    steps = [["git", "clone", "--quiet", "--no-checkout", source, str(clone)],
+             ["git", "-C", str(clone), "checkout", "--quiet", commit],
+             dvc + ["remote", "default", "--local", remote],   # repro --pull reads the default remote's run-cache
+             dvc + ["repro", "--pull", stage],
+             dvc + ["push", "--run-cache", "-r", remote, stage]]
+    for i, step in enumerate(steps):
+        if i == 2 and (local := Path(source) / ".dvc" / "config.local").exists():
+            shutil.copy(local, clone / ".dvc" / "config.local")   # a remote defined on the head only
+        print(f"[worker] {' '.join(step[2:] if step[0] != 'git' else step)}", flush=True)
+        rc = subprocess.run(step, cwd=clone if i >= 2 else workdir, env=env).returncode
+        if rc:
+            print(f"[worker] {stage} failed (exit {rc}); its clone is kept at {clone}", flush=True)
+            return rc
+    shutil.rmtree(clone, ignore_errors=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     root = Path(os.environ.get("DVC_ROOT") or ".")
@@ -186,32 +283,67 @@ def main(argv: list[str] | None = None) -> int:
         import yaml
         settings = (yaml.safe_load((root / "params.yaml").read_text()) or {}).get("launch") or {}
         return job(command, settings, root)
+    if argv[:1] == ["worker"]:
+        wp = argparse.ArgumentParser(prog="python -m ddlib.launch worker", description=worker.__doc__.splitlines()[0])
+        for flag in ("--source", "--commit", "--remote"):
+            wp.add_argument(flag, required=True)
+        wp.add_argument("--workdir", type=Path, default=None)
+        wp.add_argument("stage")
+        w = wp.parse_args(argv[1:])
+        return worker(w.stage, source=w.source, commit=w.commit, remote=w.remote,
+                      workdir=(w.workdir or root / CLONES).resolve())
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stages", nargs="*", help="stages or groups to run (default: whatever dvc repro would)")
     parser.add_argument("--jobs", "-j", type=int, default=2)
     parser.add_argument("--gpus", type=lambda s: [int(g) for g in s.split(",") if g != ""], default=None)
     parser.add_argument("--threads", type=int, default=None, help="DDLIB_THREADS per worker (default: all cores)")
     parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--clone", metavar="REMOTE", default=None,
+                        help="pattern B: each stage in a fresh git clone, results through this DVC remote")
+    parser.add_argument("--source", default=None, help="the repository the clone route's workers clone (default: here)")
+    parser.add_argument("--workdir", default=None, help="where the clone route's workers clone (default: .launch/clones)")
+    parser.add_argument("--submit", action="store_true",
+                        help="with --clone: each worker as a submitit job (params.yaml launch section)")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.submit and not args.clone:
+        parser.error("--submit goes with --clone (pattern A submits through DD_LAUNCH instead)")
     gpus = gpu_pool(args.gpus)
+    command, env = repro_single, {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    if args.clone:
+        source, commit = clone_source(root, args.clone)
+        source = args.source or source
+        if args.submit:
+            import yaml
+            executor((yaml.safe_load((root / "params.yaml").read_text()) or {}).get("launch") or {}, root)   # refuse early
+        prefix = [sys.executable, "-m", "ddlib.launch", "job", "--"] if args.submit else []
+        command = lambda stage: prefix + worker_command(stage, source, commit, args.clone, args.workdir)  # noqa: E731
     nodes, edges = plan.dag(root)
     stages = select(nodes, edges, set(sources.stale(nodes, root)), args.stages)
-    print(f"[launch] {len(stages)} stage(s), {args.jobs} worker(s)" + (f", GPUs {args.gpus}" if args.gpus else ""),
-          flush=True)
-    if args.dry_run or not stages:
+    deferred = []   # clone route: what a worker cannot hand back through the run-cache runs in the final repro
+    if args.clone:
+        later = plan.reachable({s for s in stages if not run_cacheable(root, s)}, edges)
+        stages, deferred = [s for s in stages if s not in later], [s for s in stages if s in later]
+    print(f"[launch] {len(stages)} stage(s), {args.jobs} worker(s)" + (f", GPUs {args.gpus}" if args.gpus else "") +
+          (f", each in a clone of {commit[:10]} through remote {args.clone!r}" if args.clone else "") +
+          (f"; then here: {', '.join(deferred)}" if deferred else ""), flush=True)
+    if args.dry_run or not (stages or deferred):
         print("\n".join(stages))
         return 0
     start = time.perf_counter()
-    outcomes = schedule(stages, edges, runner(root, gpus=gpus, threads=args.threads, share=args.jobs > 1), args.jobs,
-                        report=lambda line: print(line, flush=True))
+    outcomes = schedule(stages, edges, runner(root, gpus=gpus, threads=args.threads, share=args.jobs > 1,
+                                              command=command), args.jobs, report=lambda line: print(line, flush=True))
     bad = [o for o in outcomes if o.status != "ok"]
     if not bad:   # whatever the plan did not foresee (it is an upper bound, rarely short), serially
-        final = subprocess.run([sys.executable, "-m", "dvc", "--wait-for-lock", "repro"], cwd=root,
-                               env={**os.environ, "DVC_NO_ANALYTICS": "1"})
-        if final.returncode:
-            bad.append(Outcome("dvc repro", "failed", detail=f"exit {final.returncode}"))
+        final = [sys.executable, "-m", "dvc", "--wait-for-lock", "repro"]
+        if args.clone:   # the workers' runs (and their outputs) come back through the remote's run-cache
+            with default_remote(root, args.clone):
+                rc = subprocess.run(final + ["--pull"], cwd=root, env=env).returncode
+        else:
+            rc = subprocess.run(final, cwd=root, env=env).returncode
+        if rc:
+            bad.append(Outcome("dvc repro", "failed", detail=f"exit {rc}"))
     print(f"[launch] {sum(o.status == 'ok' for o in outcomes)} ok, {sum(o.status == 'failed' for o in bad)} failed, "
           f"{sum(o.status == 'skipped' for o in bad)} skipped in {time.perf_counter() - start:.0f} s", flush=True)
     return 1 if bad else 0

@@ -32,9 +32,10 @@ def _dvc(root, *args, env=None, check=True):
                           env={**os.environ, "DVC_NO_ANALYTICS": "1", **(env or {})})
 
 
-def _repo(path: Path, launch_section: dict | None = None) -> Path:
+def _repo(path: Path, launch_section: dict | None = None, *, remote: Path | None = None, fail: str = "") -> Path:
     """up -> cell@{a,b,c,d} -> down: a shared upstream, independent cells and a stage that reads them all; every
-    command goes through $DD_LAUNCH as dvc.yaml's do."""
+    command goes through $DD_LAUNCH as dvc.yaml's do. With `remote`: a git repository (committed) with that
+    directory as DVC remote `store`, and a last stage `summary` whose output is not cached (like the report)."""
     path.mkdir()
     (path / "work.py").write_text(WORK)
     pipeline = {"stages": {
@@ -44,9 +45,25 @@ def _repo(path: Path, launch_section: dict | None = None) -> Path:
         "down": {"cmd": "$DD_LAUNCH python -c \"import pathlib; open('all.txt', 'w').write(''.join("
                         "p.read_text() for p in sorted(pathlib.Path('out').glob('*.txt'))))\"",
                  "deps": [f"out/{k}.txt" for k in CELLS], "outs": ["all.txt"]}}}
+    if remote:   # a dependency for `up` (DVC keeps no run-cache for a stage without one) and an uncached last stage
+        (path / "seed.txt").write_text("up:")
+        pipeline["stages"]["up"] = {"cmd": "$DD_LAUNCH python -c \"import shutil; shutil.copy('seed.txt', 'up.txt')\"",
+                                    "deps": ["seed.txt"], "outs": ["up.txt"]}
+        pipeline["stages"]["summary"] = {"cmd": "python -c \"open('summary.txt', 'w').write(open('all.txt').read()[:3])\"",
+                                         "deps": ["all.txt"], "outs": [{"summary.txt": {"cache": False}}]}
     (path / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     (path / "params.yaml").write_text(yaml.safe_dump({"launch": launch_section or {}}))
-    _dvc(path, "init", "--no-scm", "-q")
+    if not remote:
+        _dvc(path, "init", "--no-scm", "-q")
+        return path
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git + ["init", "-q"], cwd=path, check=True)
+    _dvc(path, "init", "-q")
+    _dvc(path, "remote", "add", "store", str(remote))
+    if fail:
+        (path / f"fail-{fail}").write_text("")   # committed: the workers' clones see it
+    subprocess.run(git + ["add", "-A"], cwd=path, check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "pipeline"], cwd=path, check=True)
     return path
 
 
@@ -161,3 +178,45 @@ def test_a_plain_srun_prefix_works_too(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert (root / "all.txt").read_text() == "up:aup:bup:cup:d"
     assert len((root / "srun.log").read_text().splitlines()) == 6
+
+
+# ---------------------------------------------------------------- the worker-clone route (pattern B)
+def test_the_clone_route_runs_each_cell_in_its_own_clone_and_the_head_restores_them(tmp_path):
+    serial = _repo(tmp_path / "serial")
+    _dvc(serial, "repro")
+    root = _repo(tmp_path / "head", remote=tmp_path / "remote")
+    done = _launch(root, "--jobs", "2", "--clone", "store")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "[launch] 6 ok, 0 failed, 0 skipped" in done.stdout and "then here: summary" in done.stdout
+    assert done.stdout.count("is cached - skipping run") == 6          # the head restored every worker's run
+    assert not (root / ".count").exists()                              # and ran none of them itself
+    worker_log = (root / launch.LOGS / "cell@a.log").read_text()     # a worker did, with `up` from the run-cache
+    assert "Running stage 'cell@a'" in worker_log and "Stage 'up' is cached - skipping run" in worker_log
+    assert "Running stage 'up'" not in worker_log
+    outs = _outs(root)
+    assert {k: v for k, v in outs.items() if k != "summary"} == _outs(serial)   # up.txt "up:" either way
+    assert (root / "all.txt").read_text() == "up:aup:bup:cup:d" and (root / "summary.txt").read_text() == "up:"
+    assert (tmp_path / "remote" / "runs").is_dir()                      # the run-cache went through the remote
+    assert not list((root / launch.CLONES).iterdir())                   # finished clones are removed
+    assert "up to date" in _dvc(root, "status").stdout
+    assert _dvc(root, "remote", "default", "--local", check=False).returncode != 0   # the head's config as before
+
+
+def test_a_failed_worker_keeps_its_clone_and_skips_only_what_reads_it(tmp_path):
+    root = _repo(tmp_path / "head", remote=tmp_path / "remote", fail="b")
+    done = _launch(root, "--jobs", "2", "--clone", "store")
+    assert done.returncode == 1
+    assert "failed cell@b" in done.stdout and "cell b was told to fail" in done.stdout
+    assert "skipped down: cell@b did not finish" in done.stdout and "[launch] 4 ok, 1 failed, 1 skipped" in done.stdout
+    assert [p.name for p in (root / launch.CLONES).iterdir()] == ["cell__b"]   # kept for a look
+
+
+def test_the_clone_route_refuses_what_it_cannot_run_before_anything_starts(tmp_path):
+    plain = _repo(tmp_path / "plain")                                   # no git
+    assert "needs a git repository" in _launch(plain, "--clone", "store").stderr
+    root = _repo(tmp_path / "head", remote=tmp_path / "remote")
+    assert "'nowhere' is not a DVC remote of this project (have: ['store'])" in _launch(root, "--clone", "nowhere").stderr
+    (root / "work.py").write_text(WORK + "# edited\n")
+    assert "work.py differs from it: commit first" in _launch(root, "--clone", "store").stderr
+    assert _launch(root, "--submit").returncode == 2                     # --submit belongs to the clone route
+    assert not (root / launch.LOGS).exists()
