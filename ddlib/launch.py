@@ -210,23 +210,26 @@ def clone_source(root: Path, remote: str) -> tuple[str, str]:
     if dirty:
         raise ValueError(f"the workers clone HEAD ({commit[:10]}), but {', '.join(dirty[:5])} "
                          f"{'differs' if len(dirty) == 1 else 'differ'} from it: commit first")
-    remotes = subprocess.run([sys.executable, "-m", "dvc", "remote", "list"], cwd=root, capture_output=True,
-                             text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"}).stdout.split()
+    remotes = sources._dvc(root, "remote", "list").split()
     if remote not in remotes[0::2]:
         raise ValueError(f"{remote!r} is not a DVC remote of this project (have: {remotes[0::2] or 'none'}); "
                          "add one with `dvc remote add <name> <url>` and commit .dvc/config")
     return top, commit
 
 
-def run_cacheable(root: Path, stage: str) -> bool:
-    """Whether DVC keeps a run-cache entry for the stage (scale-out.md: not without dependencies, with `cache:
-    false` or `persist` outs, or `always_changed`), i.e. whether a worker's run of it can reach the head."""
+def not_run_cacheable(root: Path, stages: list[str]) -> set[str]:
+    """The stages DVC keeps no run-cache entry for (scale-out.md: no dependencies, `cache: false` or `persist`
+    outs, `always_changed`): a worker's run of them cannot reach the head."""
     import yaml
-    spec = (yaml.safe_load((root / "dvc.yaml").read_text())["stages"]).get(stage.split("@")[0], {})
-    spec = spec.get("do", spec)
-    outs = [o for kind in ("outs", "metrics", "plots") for o in spec.get(kind) or []]
-    return bool(spec.get("deps")) and not spec.get("always_changed") and not any(
-        isinstance(o, dict) and any(v.get("cache") is False or v.get("persist") for v in o.values()) for o in outs)
+    specs = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+
+    def cacheable(spec: dict) -> bool:
+        spec = spec.get("do", spec)
+        outs = [o for kind in ("outs", "metrics", "plots") for o in spec.get(kind) or []]
+        return bool(spec.get("deps")) and not spec.get("always_changed") and not any(
+            isinstance(o, dict) and any(v.get("cache") is False or v.get("persist") for v in o.values()) for o in outs)
+
+    return {s for s in stages if not cacheable(specs.get(s.split("@")[0], {}))}
 
 
 @contextlib.contextmanager
@@ -273,6 +276,11 @@ def worker(stage: str, *, source: str, commit: str, remote: str, workdir: Path) 
     return 0
 
 
+def _launch_settings(root: Path) -> dict:
+    import yaml
+    return (yaml.safe_load((root / "params.yaml").read_text()) or {}).get("launch") or {}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     root = Path(os.environ.get("DVC_ROOT") or ".")
@@ -280,9 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         command = argv[2:] if argv[1:2] == ["--"] else argv[1:]
         if not command:
             raise SystemExit("usage: python -m ddlib.launch job -- <command ...>")
-        import yaml
-        settings = (yaml.safe_load((root / "params.yaml").read_text()) or {}).get("launch") or {}
-        return job(command, settings, root)
+        return job(command, _launch_settings(root), root)
     if argv[:1] == ["worker"]:
         wp = argparse.ArgumentParser(prog="python -m ddlib.launch worker", description=worker.__doc__.splitlines()[0])
         for flag in ("--source", "--commit", "--remote"):
@@ -315,15 +321,14 @@ def main(argv: list[str] | None = None) -> int:
         source, commit = clone_source(root, args.clone)
         source = args.source or source
         if args.submit:
-            import yaml
-            executor((yaml.safe_load((root / "params.yaml").read_text()) or {}).get("launch") or {}, root)   # refuse early
+            executor(_launch_settings(root), root)   # a bad launch section is refused before anything runs
         prefix = [sys.executable, "-m", "ddlib.launch", "job", "--"] if args.submit else []
         command = lambda stage: prefix + worker_command(stage, source, commit, args.clone, args.workdir)  # noqa: E731
     nodes, edges = plan.dag(root)
     stages = select(nodes, edges, set(sources.stale(nodes, root)), args.stages)
     deferred = []   # clone route: what a worker cannot hand back through the run-cache runs in the final repro
     if args.clone:
-        later = plan.reachable({s for s in stages if not run_cacheable(root, s)}, edges)
+        later = plan.reachable(not_run_cacheable(root, stages), edges)
         stages, deferred = [s for s in stages if s not in later], [s for s in stages if s in later]
     print(f"[launch] {len(stages)} stage(s), {args.jobs} worker(s)" + (f", GPUs {args.gpus}" if args.gpus else "") +
           (f", each in a clone of {commit[:10]} through remote {args.clone!r}" if args.clone else "") +
