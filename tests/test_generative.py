@@ -200,3 +200,74 @@ def test_kfs_decodes_every_pair_learns_its_decoders_and_resumes(tiny_train, tmp_
         methods.distill("kfs", tiny_train, ipc=1, params=p, device="cpu", seed=0, checkpoint=ck)
     resumed = methods.distill("kfs", tiny_train, ipc=1, params=p, device="cpu", seed=0, checkpoint=ck)
     assert resumed.provenance["resumed_from"] == 2 and resumed.content_hash() == syn.content_hash()
+
+
+# ---------------------------------------------------------------- DiM
+def test_logit_match_matches_a_hand_computation():
+    """log softmax of (0, 0) is (-ln 2, -ln 2); of (ln 3, 0) it is (ln 3/4, ln 1/4): the differences are
+    (-ln 1.5, ln 2), so the match is coeff x (ln^2 1.5 + ln^2 2) / 2."""
+    from ddlib.methods import dim
+    got = dim.logit_match(torch.zeros(1, 2), torch.tensor([[math.log(3.0), 0.0]]), 0.01)
+    assert torch.isclose(got, torch.tensor(0.01 * (math.log(1.5) ** 2 + math.log(2) ** 2) / 2))
+
+
+def test_wgan_ac_losses_match_a_hand_computation():
+    """A linear critic c(x) = <v, x> has gradient v everywhere, so the penalty is (||v|| - 1)^2 at any interpolate;
+    zero class logits give CE = ln K on each side."""
+    v = torch.tensor([3.0, 0.0, 4.0, 0.0]).view(1, 1, 2, 2)
+    d = lambda x: ((x * v).flatten(1).sum(1), torch.zeros(len(x), 5))   # noqa: E731
+    x, fake = torch.ones(2, 1, 2, 2), torch.zeros(2, 1, 2, 2)
+    y = torch.tensor([0, 1])
+    got = generators.ac_discriminator_loss(d, x, y, fake, y, 10.0, torch.Generator().manual_seed(0))
+    assert torch.isclose(got, torch.tensor(0.0 - 7.0 + 2 * math.log(5) + 10.0 * (5.0 - 1) ** 2))
+    assert torch.isclose(generators.ac_generator_loss(d, x, y), torch.tensor(-7.0 + math.log(5)))
+
+
+def test_an_acgan_recipe_saves_its_critic_and_the_dcgan_none(tiny_train, tiny_buffers, tmp_path):
+    g = generators.load("acgan", data_root=tiny_buffers, spec=tiny_train.spec, device=CPU)
+    d = generators.load_critic("acgan", data_root=tiny_buffers, spec=tiny_train.spec, device=CPU)
+    critic, logits = d(g(torch.randn(3, g.nz), torch.tensor([0, 4, 9])))
+    assert critic.shape == (3,) and logits.shape == (3, 10)
+    with pytest.raises(ValueError, match="loss: wgan_gp_ac"):
+        generators.load_critic("dcgan", data_root=tiny_buffers, spec=tiny_train.spec, device=CPU)
+    with pytest.raises(ValueError, match="loss one of"):
+        generators.Recipe(loss="hinge")
+
+
+def test_dim_stores_a_generator_that_decodes_to_exactly_the_set(tiny_train, tiny_buffers):
+    from ddlib.methods import dim
+    p = {"iterations": 2, "train_batches": 1, "batch_size": 8}
+    syn = methods.distill("dim", tiny_train, ipc=2, params=p, device="cpu", seed=0, data_root=tiny_buffers)
+    state = syn.provenance["generator_state"]
+    g = generators.build(state["arch"])
+    g.load_state_dict(state["state_dict"])
+    with torch.no_grad():
+        assert torch.equal(g.eval()(syn.provenance["codes"]["z"], syn.hard_labels()), syn.images)
+    start = generators.load("acgan", data_root=tiny_buffers, spec=tiny_train.spec, device=CPU).state_dict()
+    assert not torch.equal(start["fc.weight"], state["state_dict"]["fc.weight"])        # G learned
+    assert not torch.equal(start["bn0.running_mean"], state["state_dict"]["bn0.running_mean"])   # in train mode
+    st = syn.provenance["storage"]
+    assert (st["generator_floats"], st["codes_floats"]) == (generators.num_params(g), 20 * g.nz)
+    assert st["ipc_stored"] == (generators.num_params(g) + 20 * g.nz) / (10 * 784) and st["decoded_images"] == 20
+    assert syn.labels.tolist() == [c for c in range(10) for _ in range(2)]
+    with pytest.raises(ValueError, match="non-empty pool"):
+        dim.Config(pool=[])
+    with pytest.raises(ValueError, match="loss: wgan_gp_ac"):
+        methods.distill("dim", tiny_train, ipc=1, params={**p, "generator": "dcgan"}, device="cpu", seed=0,
+                        data_root=tiny_buffers)
+
+
+def test_a_killed_dim_run_resumes_to_the_same_generator(tiny_train, tiny_buffers, tmp_path, monkeypatch):
+    """model_every 2: the resumed run must restore the pool network mid-epoch, G's BatchNorm statistics, D and Adam."""
+    from ddlib.methods import dim
+    p = {"iterations": 3, "train_batches": 1, "batch_size": 8, "model_every": 2, "checkpoint_every": 1,
+         "pool": ["convnet", "convnet_w32"]}
+    whole = methods.distill("dim", tiny_train, ipc=1, params=p, device="cpu", seed=0, data_root=tiny_buffers)
+    ck = tmp_path / "dim.pt"
+    with killed_at(monkeypatch, dim, "step", 3):
+        methods.distill("dim", tiny_train, ipc=1, params=p, device="cpu", seed=0, checkpoint=ck, data_root=tiny_buffers)
+    resumed = methods.distill("dim", tiny_train, ipc=1, params=p, device="cpu", seed=0, checkpoint=ck,
+                              data_root=tiny_buffers)
+    assert resumed.provenance["resumed_from"] == 2 and resumed.content_hash() == whole.content_hash()
+    a, b = (s.provenance["generator_state"]["state_dict"] for s in (whole, resumed))
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
