@@ -1,7 +1,8 @@
 """ddbook's library: dataset distillation methods under one harness.
 
-Modules, one concept each: data (datasets), zca (whitening), nets (ConvNet family), augment (DSA),
-train (the one training loop), evaluate (the evaluation protocol), synset (SyntheticSet), loop (the one
+Modules, one concept each: data (datasets), zca (whitening), nets (the networks: ConvNet family, MLP, LeNet,
+AlexNet, VGG, ResNets, DenseNet), augment (DSA), train (the one training loop), evaluate (the evaluation
+protocol), xarch (the protocol on other architectures), synset (SyntheticSet), loop (the one
 distillation loop), methods (lazy registry + one module per method), params (params.yaml + profiles),
 results (the result files between stages), report (reports/ pages), figures (plots and image grids),
 published (the survey's numbers), provenance (what produced a result), sources (which code each stage runs,

@@ -176,3 +176,14 @@ def apply_per_group(x: torch.Tensor, draws: list[DsaParams]) -> torch.Tensor:
 def dsa(x: torch.Tensor, strategy: str, gen: torch.Generator, siamese: bool = False) -> torch.Tensor:
     """Sample and apply: one shared draw if `siamese`, else one draw per image."""
     return apply_dsa(x, sample_dsa(strategy, gen, None if siamese else x.shape[0]))
+
+
+def crop_noise(x: torch.Tensor, gen: torch.Generator, noise: float = 0.001) -> torch.Tensor:
+    """DC's evaluation augmentation for BatchNorm nets when DSA is off (its `augment` with 'crop_noise'): each
+    image, by a coin flip, is either shifted by whole pixels (DSA's crop: up to side/8) or given N(0, noise^2)
+    pixel noise. Not differentiated through; evaluation only."""
+    n = x.shape[0]
+    take_crop = (torch.rand(n, generator=gen) < 0.5).to(x.device).view(-1, 1, 1, 1)
+    shifted = crop(x, _SAMPLERS["crop"](gen, (n,)))
+    noisy = x + noise * torch.randn(x.shape, generator=gen).to(x.device, x.dtype)
+    return torch.where(take_crop, shifted, noisy)

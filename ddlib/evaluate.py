@@ -6,8 +6,10 @@ time), accuracy measured once at the end. Reported as mean ± std over k seeds (
 The accuracy of the *last* epoch is reported; nothing is ever selected by test accuracy.
 A set that learned its evaluation step size (the MTT family) is trained with it, as those papers evaluate
 (`learned_lr`; lr="learned" insists on one); soft labels train with soft cross-entropy; a ZCA-space set is
-tested on the ZCA-whitened test split (anything else is refused). Difference from the reference code: DC
-runs `epochs + 1` passes; we run `epochs`.
+tested on the ZCA-whitened test split (anything else is refused). `protocol.model` may be any network of
+nets.py (cross-architecture evaluation, xarch.py); a BatchNorm net trained without DSA gets DC's crop-or-noise
+augmentation, as DC's evaluation gives it. Difference from the reference code: DC runs `epochs + 1` passes; we
+run `epochs`.
 """
 
 from __future__ import annotations
@@ -85,12 +87,14 @@ def evaluate(synset: SyntheticSet, test: LabeledImages, protocol: Protocol = Pro
     x_test, y_test = test.x.to(device), test.y.to(device)
     x, y = synset.images.to(device), synset.labels.to(device)
     strategy = test.spec.dsa_strategy
-    aug = (lambda xb, gen: augment.dsa(xb, strategy, gen, siamese=False)) if protocol.dsa else None
+    dsa = (lambda xb, gen: augment.dsa(xb, strategy, gen, siamese=False)) if protocol.dsa else None
     epochs = protocol.train_epochs
     accs, start = [], time.perf_counter()
     for i in range(protocol.num_seeds):
         net_seed = seed * 1000 + i
         net = nets.make_net(protocol.model, x.shape[1], test.spec.num_classes, x.shape[-2:], seed=net_seed).to(device)
+        # DC's rule: without DSA a BatchNorm net still trains on augmented batches (crop or noise)
+        aug = dsa or (augment.crop_noise if nets.has_bn(net) else None)
         gen = torch.Generator().manual_seed(net_seed)
         losses = fit(net, x, y, epochs=epochs, lr=lr, batch_size=protocol.batch_size, momentum=protocol.momentum,
                      weight_decay=protocol.weight_decay, decay_at=epochs // 2 + 1, aug=aug, gen=gen)

@@ -92,3 +92,58 @@ def per_ipc(value, ipc: int, name: str):
                              "params.yaml")
         return value[ipc]
     return value
+
+
+def check_grid(all_params: dict, root: str | Path = ".") -> None:
+    """Everything params.yaml's grid names exists and fits, checked before any stage runs (the `code` stage and
+    `python -m ddlib.plan` call this): methods (registered, with a study notebook and a params section), datasets,
+    IPCs >= 1, expert and generator recipes, the cross-architecture methods and architectures (each built for each
+    dataset's images) and the evaluation network. One ValueError lists every problem with the valid choices."""
+    from . import data, methods, nets   # here: they import torch, which reading params needs not
+    import torch
+    root, problems = Path(root), []
+    profile = all_params.get("profile", "quick")
+    if profile not in PROFILES:
+        problems.append(f"profile {profile!r} is not one of {list(PROFILES)}")
+    grid = all_params.get("grid") or {}
+    for key in ("datasets", "methods", "ipcs", "buffers", "generators", "xarch"):
+        if not isinstance(grid.get(key), list) or not grid[key]:
+            problems.append(f"grid.{key} must be a non-empty list (the report reads every stage family's results)")
+    grid = {k: v if isinstance(v, list) else [] for k, v in grid.items()}
+    for name in grid.get("datasets", []):
+        if name not in data.available():
+            problems.append(f"grid.datasets: unknown dataset {name!r}; available: {data.available()}")
+    for name in grid.get("methods", []):
+        if name not in methods.available():
+            problems.append(f"grid.methods: unknown method {name!r}; available: {methods.available()}")
+        elif not (root / "notebooks" / "methods" / f"{name}.ipynb").exists():
+            problems.append(f"grid.methods: {name!r} has no notebook notebooks/methods/{name}.ipynb")
+        elif name not in (all_params.get("methods") or {}):
+            problems.append(f"grid.methods: {name!r} has no section methods.{name} in params.yaml")
+    for ipc in grid.get("ipcs", []):
+        if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
+            problems.append(f"grid.ipcs: {ipc!r} is not an image count >= 1 (e.g. 1, 10, 50)")
+    for kind in ("buffers", "generators"):
+        for name in grid.get(kind, []):
+            if name not in (all_params.get(kind) or {}):
+                problems.append(f"grid.{kind}: no recipe {name!r}; recipes: {sorted(all_params.get(kind) or {})}")
+    for name in grid.get("xarch", []):
+        if name not in grid.get("methods", []):
+            problems.append(f"grid.xarch: {name!r} is not in grid.methods (the xarch stage trains on its sets)")
+    nets_to_check = []
+    try:
+        nets_to_check.append(("evaluation.model", resolve(all_params["evaluation"], profile)["model"]))
+        nets_to_check += [("xarch.archs", a) for a in resolve(all_params["xarch"], profile)["archs"]]
+    except (KeyError, ValueError, TypeError) as err:
+        problems.append(f"evaluation / xarch sections: {err}")
+    for where, arch in nets_to_check:
+        for name in grid.get("datasets", []):
+            if name in data.available():
+                spec = data.get_spec(name)
+                try:
+                    with torch.device("meta"):   # builds nothing real: shapes only
+                        nets.make_net(arch, spec.channels, spec.num_classes, spec.im_size)
+                except ValueError as err:
+                    problems.append(f"{where}: {err} ({name})")
+    if problems:
+        raise ValueError("params.yaml: " + "; ".join(dict.fromkeys(problems)) + ". Fix params.yaml; nothing has run.")

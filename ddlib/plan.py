@@ -94,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=".", type=Path)
     parser.add_argument("--times", default="reports/costs/stage_times.json", type=Path)
     args = parser.parse_args(argv)
-    import yaml   # here: the module is also imported by tests that never call main()
-    profile = yaml.safe_load((args.root / "params.yaml").read_text()).get("profile", "quick")
+    from . import params   # here: the module is also imported by tests that never call main()
+    all_params = params.load(args.root / "params.yaml")
+    params.check_grid(all_params, args.root)   # a bad grid fails before DVC is asked anything
+    profile = all_params.get("profile", "quick")
     nodes, edges = dag(args.root)
     changed = set(sources.stale(nodes, args.root))
     # a fingerprint stage (code, inputs) reruns, but stale() already named the stages whose fingerprint changes

@@ -6,12 +6,14 @@ when its distill and evaluate stages are current, "not run" when a result is mis
 to rerun when its code, params or data changed since (its number is refused, never shown silently).
 
 Per dataset it writes
-    reports/<dataset>.md                   accuracy table, the sets at equal storage, budgets, provenance,
-                                           figures, image grids
+    reports/<dataset>.md                   accuracy table, cross-architecture table, the sets at equal storage,
+                                           budgets, provenance, figures, image grids
     reports/figures/...                    accuracy vs IPC, one image grid per synthetic set
     reports/plots/accuracy.json, loss.json the data behind `dvc plots show` (dvc.yaml `plots:`)
     reports/costs/<dataset>.md + figure    measured wall time and memory; reports/costs/stage_times.json
-Everything outside reports/costs/ depends only on the results' content, so the same code version, params and
+and once: reports/table1.md (the survey's Table 1 layout, every dataset and IPC, "not run" where we have no
+number) and reports/README.md (the index). `python -m ddlib.report [--profile P]` lists the grid's stages that
+have no result of a profile yet. Everything outside reports/costs/ depends only on the results' content, so the same code version, params and
 device type regenerate it byte for byte; reports/costs/ is what this particular run measured.
 """
 
@@ -26,7 +28,10 @@ import torch
 
 from . import figures, results
 from .figures import DATASET_NAMES
-from .published import method_rank, published, published_own
+from .published import DATASETS as PUBLISHED_DATASETS
+from .published import IPCS as PUBLISHED_IPCS
+from .published import METHODS as PUBLISHED_METHODS
+from .published import method_rank, published, published_own, published_xarch, xarch_rows
 
 MAX_LOSS_POINTS = 500   # per cell in reports/plots/loss.json (the paper profile logs 20,000 iterations)
 
@@ -37,9 +42,10 @@ def grid_cells(grid: dict) -> list[tuple[str, str, int]]:
 
 
 def stages(grid: dict) -> list[str]:
-    """The DVC stages behind the report's numbers: each cell's distill and evaluate, the expert buffers and the
-    generators."""
+    """The DVC stages behind the report's numbers: each cell's distill and evaluate, the cross-architecture
+    evaluations, the expert buffers and the generators."""
     cells = [f"{stage}@{results.key(*cell)}" for cell in grid_cells(grid) for stage in ("distill", "evaluate")]
+    cells += [f"xarch@{results.key(m, d, i)}" for m, d, i in grid_cells({**grid, "methods": grid.get("xarch", [])})]
     return cells + [f"{kind}@{r}-{d}" for kind in ("buffers", "generators") for r in grid.get(kind, [])
                     for d in grid["datasets"]]
 
@@ -185,6 +191,98 @@ def table_markdown(rows: list[dict], dataset: str, *, checked: bool | None = Non
     if notes:
         out += ["", "Notes:", "", *notes]
     return "\n".join(out) + "\n"
+
+
+def _acc(mean: float | None, std: float | None, n: int) -> str:
+    """mean ± std over n seeds; a single seed shows its value alone."""
+    return "-" if mean is None else f"{mean:.1f}" if n < 2 or std is None else f"{mean:.1f} ± {std:.1f}"
+
+
+def xarch_markdown(rows: list[dict], records: dict[str, dict], dataset: str, methods: list[str],
+                   stale: dict[str, str] | None) -> list[str]:
+    """Cross-architecture accuracy for one dataset (xarch.py): per IPC the ConvNet (the main table's number) and
+    every architecture the sets were trained on, published numbers in brackets. Where the survey has Tables 3/4
+    for the dataset (CIFAR-10), their rows and architectures are listed too, "not run" where we have no number."""
+    cell = {(r["method"], r["ipc"]): r for r in rows if r["dataset"] == dataset}
+    ipcs = sorted({ipc for _, ipc in cell})
+    survey_methods, survey_archs = xarch_rows(dataset)
+    mine = [records[k] for m in methods for i in ipcs if (k := results.key(m, dataset, i)) in records]
+    archs = list(dict.fromkeys([a for r in mine for a in r["archs"]] + survey_archs))
+    methods = sorted(set(methods) | set(survey_methods), key=method_rank)
+    if not methods or not ipcs or not archs:
+        return []
+    body, profiles, refused = [], set(), []
+    for m in methods:
+        line = [m]
+        for ipc in ipcs:
+            k, main = results.key(m, dataset, ipc), cell.get((m, ipc), {"status": "not run"})
+            pub = published_xarch(m, dataset, ipc, "convnet")
+            ours = _acc(main["acc_mean"], main["acc_std"], len(main["accs"] or [])) if main["status"] == "ok" \
+                else main["status"]
+            line.append(f"{ours} ({_acc(pub.mean, pub.std, 2) if pub else '-'})")
+            record, why = records.get(k), (stale or {}).get(f"xarch@{k}")
+            if why:
+                refused.append(f"`dvc repro xarch@{k}`: {why}")
+            for arch in archs:
+                pub, got = published_xarch(m, dataset, ipc, arch), (record or {}).get("archs", {}).get(arch)
+                if got is None or main["status"] == "not run":
+                    ours = "not run"
+                elif why or main["status"] != "ok" or record.get("synset_sha256") != main.get("synset_sha256"):
+                    ours = "stale"
+                else:
+                    ours = _acc(got["mean"], got["std"], len(got["accs"]))
+                    profiles.add(record.get("profile") or "-")
+                line.append(f"{ours} ({_acc(pub.mean, pub.std, 2) if pub else '-'})")
+        body.append(line)
+    source = ("published: the survey's Table 3 (ResNet-18, ResNet-152) and Table 4 (ResNet-10, DenseNet-121), which "
+              "do not say how their ResNets normalise" if survey_methods else
+              "the survey publishes cross-architecture numbers for CIFAR-10 only")
+    seeds = sorted({len(got["accs"]) for r in mine for got in r["archs"].values()})
+    out = ["## Cross-architecture", "",
+           "Accuracy (%) of other networks trained on the sets distilled with the ConvNet, under the same evaluation "
+           "protocol, only the network changed (`xarch` stage; the convnet column is the table's above): ours, mean ± "
+           f"std over {'/'.join(map(str, seeds)) or '-'} seed(s) per architecture, one seed shown alone ({source}). "
+           f"Profile: {', '.join(sorted(profiles)) or '-'}.", "",
+           *_md_table(["method"] + [f"IPC {i} {a}" for i in ipcs for a in ["convnet", *archs]], body)]
+    if refused:
+        out += ["", "Stale, not shown: " + "; ".join(refused) + "."]
+    return out + [""]
+
+
+def survey_table_markdown(rows: list[dict], grid: dict | None) -> str:
+    """reports/table1.md: the survey's Table 1 layout, every dataset as a column group, every survey row plus our
+    other methods. A cell shows our number (its profiles when a column mixes them) or why there is none ("not
+    run", "stale"), and the published number in brackets; a published value never fills one of our cells."""
+    ok = {(r["method"], r["dataset"], r["ipc"]): r for r in rows}
+    in_grid = set(grid["methods"]) if grid else {r["method"] for r in rows}
+    methods = sorted(set(PUBLISHED_METHODS) | in_grid, key=method_rank)
+    columns = [(d, i) for d in PUBLISHED_DATASETS for i in PUBLISHED_IPCS]
+    extra = sorted({(r["dataset"], r["ipc"]) for r in rows} - set(columns))
+    columns += extra
+    header, profiles = ["method"], {}
+    for d, i in columns:
+        mixed = sorted({_profiles(r) for (m, dd, ii), r in ok.items() if (dd, ii) == (d, i) and r["status"] == "ok"})
+        profiles[d, i] = mixed
+        header.append(f"{DATASET_NAMES.get(d, d)} {i}" + (f" [{mixed[0]}]" if len(mixed) == 1 else ""))
+    body = []
+    for m in methods:
+        line = [m]
+        for d, i in columns:
+            r, pub = ok.get((m, d, i)), published(m, d, i)
+            ours = "not run" if r is None or r["status"] == "not run" else r["status"] if r["status"] != "ok" else \
+                _pm(r["acc_mean"], r["acc_std"]) + (f" [{_profiles(r)}]" if len(profiles[d, i]) > 1 else "")
+            line.append(f"{ours} ({_pm(pub.mean, pub.std) if pub else '-'})")
+        body.append(line)
+    whole = " · ".join(f"{DATASET_NAMES.get(d, d)} {_pm(p.mean, p.std)}" for d in PUBLISHED_DATASETS
+                       if (p := published("whole", d, None)))
+    return "\n".join(["# Table 1: every dataset and IPC", "",
+                      "The survey's Table 1 layout (Lei & Tao 2024): accuracy (%) of the ConvNet trained on each "
+                      "synthetic set, ours mean ± std over seeds (published mean ± std). The profile behind our numbers "
+                      "is in the column header ([quick] = small budgets on a 2-core CPU, [paper] = official "
+                      "hyper-parameters), or in the cell where a column mixes profiles. \"not run\": the grid of "
+                      "params.yaml has no such cell or it has no result yet; \"stale\": a result exists but was made "
+                      "by other code, params or data than now (the per-dataset pages name the stage to rerun). "
+                      f"Whole training set (published): {whole}.", "", *_md_table(header, body), ""])
 
 
 def below_random(cell: dict, methods: list[str], ipcs: list[int]) -> list[str]:
@@ -425,6 +523,7 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
     collected, out, load = results.collect(results_dir), Path(out_dir), synset_loader or _load_synset
     cells = grid_cells(grid) if grid else [(r["method"], r["dataset"], r["ipc"]) for r in collected.values()]
     rows = rows_for(collected, cells, stale)
+    xrecords = results.read_all(Path(results_dir) / "xarch", "xarch.json")
     written = plot_data(rows, out / "plots")
     index = ["# Reports", ""]
     for dataset in sorted({r["dataset"] for r in rows}, key=lambda d: list(DATASET_NAMES).index(d)
@@ -439,7 +538,9 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
         stored = {k: storage(syn, k[1], spec.num_classes if spec else (syn.labels.shape[1] if syn.labels.dim() == 2
                                                                  else int(syn.labels.max()) + 1))
                   for k, syn in sets.items()}
+        xmethods = grid.get("xarch", []) if grid else sorted({r["method"] for r in xrecords.values()})
         md = [f"# {name}", "", table_markdown(rows, dataset, checked=stale is not None),
+              *xarch_markdown(rows, xrecords, dataset, xmethods, stale),
               *storage_markdown(rows, dataset, stored), "## Figures",
               "", f"![accuracy vs IPC](figures/{dataset}_acc_vs_ipc.png)", "",
               f"Distillation and evaluation cost: [costs/{dataset}.md](costs/{dataset}.md).", ""]
@@ -502,6 +603,52 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
         written.append(plot_time_to_accuracy(json.loads(bench.read_text()), out / "costs" / f"tta-{kind}.png"))
         index.append(f"- Time to accuracy, kernel methods against DM, Fashion-MNIST IPC 10 ({kind}, bench/bench_tta.py): "
                      f"[costs/tta-{kind}.png](costs/tta-{kind}.png)")
+    written.append(out / "table1.md")
+    written[-1].write_text(survey_table_markdown(rows, grid))
+    index.insert(2, "- [Table 1](table1.md): every dataset and IPC of the survey's Table 1, ours beside the published")
     written.append(out / "README.md")
     written[-1].write_text("\n".join(index) + "\n")
     return written
+
+
+def missing(results_dir: str | Path, grid: dict, profile: str) -> list[str]:
+    """The stages of the grid whose result is absent or of another profile: `distill@<key>`, `evaluate@<key>`,
+    `xarch@<key>`, each with the profile it has when it has one."""
+    collected = results.collect(results_dir)
+    xrecords = results.read_all(Path(results_dir) / "xarch", "xarch.json")
+    out = []
+    for method, dataset, ipc in grid_cells(grid):
+        k, r = results.key(method, dataset, ipc), collected.get(results.key(method, dataset, ipc)) or {}
+        for stage, has in (("distill", r.get("distill_profile")), ("evaluate", r.get("eval_profile"))):
+            if has != profile:
+                out.append(f"{stage}@{k}" + (f" (has {has})" if has else ""))
+    for method, dataset, ipc in grid_cells({**grid, "methods": grid.get("xarch", [])}):
+        k = results.key(method, dataset, ipc)
+        if (has := (xrecords.get(k) or {}).get("profile")) != profile:
+            out.append(f"xarch@{k}" + (f" (has {has})" if has else ""))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m ddlib.report [--profile P]`: which cells of params.yaml's grid have no result of profile P yet
+    (the report itself is the `report` stage: `dvc repro report`)."""
+    import argparse
+    from . import params   # here: the report stage never needs it
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("--profile", help="default: params.yaml's")
+    parser.add_argument("--results", default="results", type=Path)
+    parser.add_argument("--params", default="params.yaml", type=Path)
+    args = parser.parse_args(argv)
+    all_params = params.load(args.params)
+    profile = params.check_profile(args.profile or all_params.get("profile", "quick"))
+    grid = all_params["grid"]
+    gone = missing(args.results, grid, profile)
+    total = len(grid_cells(grid)) * 2 + len(grid_cells({**grid, "methods": grid.get("xarch", [])}))
+    print(f"{total - len(gone)} of {total} grid stages have a {profile}-profile result in {args.results}/"
+          + (":" if not gone else f"; missing {len(gone)} (`dvc repro` makes them):"))
+    print(*(f"  {s}" for s in gone), sep="\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

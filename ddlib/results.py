@@ -3,6 +3,7 @@
     results/distill/<key>/synset.pt      the SyntheticSet
     results/distill/<key>/metrics.json   how it was made: params, iterations, cost, provenance, loss history
     results/eval/<key>/eval.json         accuracy over seeds, the protocol, provenance
+    results/xarch/<key>/xarch.json       the same on other architectures (xarch.py)
 
 `<key>` = `<method>-<dataset>-<ipc>`, the same item name DVC gives the stages (`distill@<key>`,
 `evaluate@<key>`). Both JSON files record the content hash of the synthetic set they describe, so an
@@ -42,7 +43,8 @@ def write_eval(result: dict, path: str | Path, *, profile: str) -> Path:
     return _dump({**result, "profile": profile}, path)
 
 
-def _read_all(root: Path, name: str) -> dict[str, dict]:
+def read_all(root: Path, name: str) -> dict[str, dict]:
+    """{key: record} of every root/<key>/<name> JSON file."""
     return {p.parent.name: json.loads(p.read_text()) for p in sorted(root.glob(f"*/{name}"))}
 
 
@@ -79,6 +81,6 @@ def row(k: str, d: dict, e: dict, synset_path: str | None = None, **ident) -> di
 def collect(results_dir: str | Path = "results") -> dict[str, dict]:
     """{key: row}: eval.json joined with metrics.json per key; either side may be missing (None fields)."""
     root = Path(results_dir)
-    distill, evals = _read_all(root / "distill", "metrics.json"), _read_all(root / "eval", "eval.json")
+    distill, evals = read_all(root / "distill", "metrics.json"), read_all(root / "eval", "eval.json")
     return {k: row(k, distill.get(k, {}), evals.get(k, {}), str(root / "distill" / k / "synset.pt") if k in distill
                    else None) for k in sorted(set(distill) | set(evals))}

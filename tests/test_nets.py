@@ -6,14 +6,61 @@ from bench import reference
 from ddlib import nets
 
 
+SHAPES = [(c, s) for c in (1, 3) for s in (28, 32, 64)]
+CANNOT = {("lenet", 64)}   # LeNet's classifier is sized for a 5x5 map: 28 or 32 px only
+
+
 @pytest.mark.parametrize("name", nets.available())
-@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
-def test_every_network_builds_and_forwards(name, shape):
-    net = nets.make_net(name, shape[0], 10, shape[1:], seed=0)
-    x = torch.randn(4, *shape)
+@pytest.mark.parametrize("channels,size", SHAPES)
+def test_every_network_forwards_and_backwards(name, channels, size):
+    if (name, size) in CANNOT:
+        with pytest.raises(ValueError, match=f"{size}x{size}"):
+            nets.make_net(name, channels, 10, (size, size), seed=0)
+        return
+    net = nets.make_net(name, channels, 10, (size, size), seed=0)
+    x = torch.randn(2, channels, size, size, requires_grad=True)
     out = net(x)
-    assert out.shape == (4, 10) and torch.isfinite(out).all()
-    assert net.embed(x).shape == (4, net.feature_dim)
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    assert net.embed(x).shape == (2, net.feature_dim)
+    out.square().sum().backward()
+    grads = [p.grad for p in net.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads) and torch.isfinite(x.grad).all()
+    assert x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name,count", [
+    # hand counts (conv k*k*in*out + bias, norm 2 per channel, linear in*out + out), 3x32x32 inputs, 10 classes
+    ("lenet", 456 + 2416 + 48120 + 10164 + 850),
+    ("alexnet", 9728 + 614592 + 442624 + 442560 + 331968 + 30730),
+    ("mlp", 3072 * 128 + 128 + 128 * 128 + 128 + 1290),
+    # the CIFAR ResNet-18/50/152, VGG11-BN and DenseNet-121 every CIFAR codebase builds (affine norms count the same)
+    ("resnet18", 11_173_962), ("resnet18_bn", 11_173_962), ("resnet50", 23_520_842), ("resnet152", 58_156_618),
+    ("vgg11_bn", 9_231_114), ("vgg11", 9_231_114), ("densenet121", 6_956_298),
+])
+def test_parameter_counts_match_reference(name, count):
+    assert sum(p.numel() for p in nets.make_net(name, 3, 10, (32, 32)).parameters()) == count
+
+
+def test_reference_feature_maps():
+    # methods.md §6: ResNet18_AP's classifier sees 512x4x4 at 32 px, 512x3x3 for 28x28 grey; VGG11 pools to 1x1
+    assert nets.make_net("resnet18_ap", 3, 10, (32, 32)).feature_dim == 512 * 4 * 4
+    assert nets.make_net("resnet18_bn_ap", 1, 10, (28, 28)).feature_dim == 512 * 3 * 3
+    assert nets.make_net("vgg11", 1, 10, (28, 28)).feature_dim == 512
+    assert nets.make_net("alexnet", 1, 10, (28, 28)).feature_dim == 192 * 4 * 4   # 28 padded to 32, as DC
+    assert nets.make_net("resnet18", 3, 10, (64, 64)).feature_dim == 512           # global pooling at any size
+    net = nets.make_net("resnet18_bn", 3, 10, (32, 32))
+    assert nets.has_bn(net) and not nets.has_bn(nets.make_net("resnet18", 3, 10, (32, 32)))
+    norms = [m for m in nets.make_net("resnet18", 3, 10, (32, 32)).modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_groups == m.num_channels for m in norms)   # instance norm by default
+
+
+def test_input_size_errors_name_the_limit():
+    with pytest.raises(ValueError, match="convnet of depth 6 cannot take 28x28"):
+        nets.make_net("convnet_d6", 1, 10, (28, 28))
+    with pytest.raises(ValueError, match="vgg11 cannot take 16x16"):
+        nets.make_net("vgg11", 3, 10, (16, 16))
+    with pytest.raises(ValueError, match="square"):
+        nets.make_net("resnet18", 3, 10, (32, 64))
 
 
 def test_convnet_matches_reference_architecture():
@@ -37,10 +84,14 @@ def test_names_compose():
 
 
 def test_unknown_names_list_valid_ones():
-    with pytest.raises(ValueError, match="available"):
+    with pytest.raises(ValueError, match="families: convnet, mlp, lenet, alexnet, vgg11, resnet10"):
         nets.make_net("resnet999", 3, 10, (32, 32))
     with pytest.raises(ValueError, match="unknown token 'zz'"):
         nets.make_net("convnet_zz", 3, 10, (32, 32))
+    with pytest.raises(ValueError, match=r"resnet18 takes norm \('in', 'bn', 'nn'\), pool \('ap',\)"):
+        nets.make_net("resnet18_mp", 3, 10, (32, 32))
+    with pytest.raises(ValueError, match="lenet takes no tokens"):
+        nets.make_net("lenet_bn", 3, 10, (32, 32))
 
 
 def test_seeded_init_is_reproducible_and_leaves_global_rng_alone():

@@ -90,7 +90,7 @@ def test_tiny_dvc_repro_end_to_end(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["profile"] = "tiny"
     params["grid"] = {"datasets": ["fashion_mnist"], "methods": list(GRID), "ipcs": [1], "buffers": ["plain", "flat"],
-                      "generators": ["dcgan"]}
+                      "generators": ["dcgan"], "xarch": ["dm"]}
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if (ROOT / "data" / "fashion_mnist" / "raw").exists():
         shutil.copytree(ROOT / "data" / "fashion_mnist" / "raw", work / "data" / "fashion_mnist" / "raw")
@@ -109,6 +109,10 @@ def test_tiny_dvc_repro_end_to_end(tmp_path):
     assert "stale" not in table and "not run" not in table and "checked against `dvc.lock`" in table
     assert "Own evaluation recipe" in table and "- kip IPC 1: KRR, fc_ntk kernel, learned targets" in table
     assert (work / "reports" / "figures" / "fashion_mnist_acc_vs_ipc.png").exists()
+    xarch = json.loads((work / "results" / "xarch" / "dm-fashion_mnist-1" / "xarch.json").read_text())
+    assert list(xarch["archs"]) == params["xarch"]["tiny"]["archs"] and xarch["profile"] == "tiny"
+    assert "## Cross-architecture" in table and "| method | IPC 1 convnet | IPC 1 mlp |" in table
+    assert "| dm |" in (work / "reports" / "table1.md").read_text()
     first = cells(work)
     check_golden({k: dict(v) for k, v in first.items()})
 
@@ -146,3 +150,15 @@ def test_tiny_dvc_repro_end_to_end(tmp_path):
     # the inputs stage reads every method's params (and reruns in a second), but dm's fingerprint stays the same;
     # downstream stages rerun only if their inputs change
     assert changed == {"distill@dm-fashion_mnist-1", "inputs@fashion_mnist"}, changed
+
+    # a grid naming what does not exist stops `dvc repro` at its first stage, before anything else runs
+    params["grid"]["methods"].append("foo")
+    params["grid"]["ipcs"].append(0)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = run(["dvc", "repro"], work)
+    assert proc.returncode != 0 and "unknown method 'foo'; available:" in proc.stdout + proc.stderr
+    assert "grid.ipcs: 0 is not an image count >= 1" in proc.stdout + proc.stderr
+    assert "Running stage 'code'" in proc.stdout and proc.stdout.count("Running stage") == 1, proc.stdout
+    assert (work / "results" / "distill" / "dm-fashion_mnist-1" / "synset.pt").exists()   # nothing computed is lost
+    plan = run([sys.executable, "-m", "ddlib.plan"], work)
+    assert plan.returncode != 0 and "unknown method 'foo'" in plan.stderr

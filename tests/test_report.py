@@ -251,7 +251,7 @@ def test_write_reports_files_and_determinism(results_dir, tmp_path):
     grid = {**GRID, "datasets": ["fashion_mnist", "mnist"]}
     written = report.write_reports(results_dir, tmp_path / "reports", grid=grid, stale={}, runs_dir=runs)
     out = tmp_path / "reports"
-    expected = {"README.md", "fashion_mnist.md", "mnist.md", "plots/accuracy.json", "plots/loss.json",
+    expected = {"README.md", "table1.md", "fashion_mnist.md", "mnist.md", "plots/accuracy.json", "plots/loss.json",
                 "figures/fashion_mnist_acc_vs_ipc.png", "figures/mnist_acc_vs_ipc.png",
                 "costs/fashion_mnist.md", "costs/mnist.md", "costs/stage_times.json",
                 "costs/fashion_mnist_acc_vs_cost.png", "costs/mnist_acc_vs_cost.png",
