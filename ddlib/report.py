@@ -240,8 +240,8 @@ def xarch_markdown(rows: list[dict], records: dict[str, dict], dataset: str, met
     seeds = sorted({len(got["accs"]) for r in mine for got in r["archs"].values()})
     out = ["## Cross-architecture", "",
            "Accuracy (%) of other networks trained on the sets distilled with the ConvNet, under the same evaluation "
-           "protocol, only the network changed (`xarch` stage; the convnet column is the table's above): ours, mean ± "
-           f"std over {'/'.join(map(str, seeds)) or '-'} seed(s) per architecture, one seed shown alone ({source}). "
+           "protocol, only the network changed (`xarch` stage; the convnet column is the table's above): ours, "
+           f"{'/'.join(map(str, seeds)) or '-'} seed(s) per network, mean ± std where several ({source}). "
            f"Profile: {', '.join(sorted(profiles)) or '-'}.", "",
            *_md_table(["method"] + [f"IPC {i} {a}" for i in ipcs for a in ["convnet", *archs]], body)]
     if refused:

@@ -46,8 +46,8 @@ class Config:
     gp: float = 10.0                   # WGAN-GP's LAMBDA
     match_coeff: float = 0.01          # the logit match's inline factor (--match-coeff is unused in pool_match.py)
     match_aug: bool = True             # --match-aug: one DSA draw on real and generated images together
-    pool: tuple = ("convnet",)         # [paper: convnet, resnet10, resnet18, resnet10_ap, resnet18_ap; ddlib.nets
-                                       # has no ResNet yet, so the default pool is the ConvNet]
+    pool: tuple = ("convnet", "resnet10", "resnet18", "resnet10_ap", "resnet18_ap")   # pool_match.py's models
+                                       # (instance norm, as DC's ResNets: no batch statistics in the flat net)
     model_every: int = 782             # a fresh pool model every epoch of G steps
     train_batches: int = 16            # --epochs-match-train: real batches f trains on before each G step
     model_lr: float = 0.01             # --eval-lr, SGD for f ...
