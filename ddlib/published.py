@@ -32,7 +32,7 @@ IPCS = (1, 10, 50)
 # feature matching, trajectory matching, kernel ridge regression, backpropagation through training, factorized and
 # generative), then any other method alphabetically.
 FAMILY_ORDER = ("random", "herding", "kcenter", "dc", "dsa", "dcc", "idc", "accdd", "dm", "cafe", "cafe_dsa",
-                "mtt", "ftd", "tesla", "datm", "kip", "frepo", "rfad", "dd", "ld", "sldd", "rtp", "haba", "kfs", "glad",
+                "datadam", "mtt", "ftd", "tesla", "datm", "kip", "frepo", "rfad", "dd", "ld", "sldd", "rtp", "haba", "kfs", "glad",
                 "itgan", "dim")
 
 
@@ -166,6 +166,7 @@ _NOTES = {
 }
 
 
+DATADAM = "DataDAM (ICCV 2023) via the G-VBSM paper's table, beyond-survey.md §A5 [P]"
 _CAFE_DSA = "the survey's CAFE row, which equals CAFE+DSA where methods.md §3 prints both"
 # Fashion-MNIST is not in the survey's IDC row; the IDC README prints it (methods.md §3.2 [C]).
 IDC_README = "IDC README via methods.md §3.2 [C] (IDC-I, factor 1: 70.7 / 85.3 / 89.1)"
@@ -213,7 +214,11 @@ OTHER: dict[tuple[str, str, int | None], Published] = {
        if m == "cafe"},
     **{("idc", d, i): Published(*_parse(cell), IDC_README) for (d, i), cell in _IDC_README.items()},
     ("dim", "cifar10", 10): Published(72.6, None, "DiM abstract / README (arXiv 2303.04707), ConvNet-3",
-                                      "samples from a generator of ~IPC 116 of storage (families-2.md §A.3)")}
+                                      "samples from a generator of ~IPC 116 of storage (families-2.md §A.3)"),
+    # after the survey (beyond-survey.md §A5 [P]: the G-VBSM paper's table); DataDAM evaluates 1,800 epochs
+    **{("datadam", d, i): Published(v, None, DATADAM) for (d, i), v in (
+        (("cifar10", 10), 54.2), (("cifar10", 50), 67.0), (("cifar100", 1), 14.5), (("cifar100", 10), 34.8),
+        (("cifar100", 50), 49.4), (("tinyimagenet", 50), 28.7))}}
 
 
 def published(method: str, dataset: str, ipc: int | None) -> Published | None:
