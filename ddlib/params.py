@@ -106,7 +106,7 @@ def check_grid(all_params: dict, root: str | Path = ".") -> None:
     if profile not in PROFILES:
         problems.append(f"profile {profile!r} is not one of {list(PROFILES)}")
     grid = all_params.get("grid") or {}
-    for key in ("datasets", "methods", "ipcs", "buffers", "generators", "xarch"):
+    for key in ("datasets", "methods", "ipcs", "buffers", "generators", "teachers", "xarch", "kd"):
         if not isinstance(grid.get(key), list) or not grid[key]:
             problems.append(f"grid.{key} must be a non-empty list (the report reads every stage family's results)")
     grid = {k: v if isinstance(v, list) else [] for k, v in grid.items()}
@@ -123,14 +123,23 @@ def check_grid(all_params: dict, root: str | Path = ".") -> None:
     for ipc in grid.get("ipcs", []):
         if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
             problems.append(f"grid.ipcs: {ipc!r} is not an image count >= 1 (e.g. 1, 10, 50)")
-    for kind in ("buffers", "generators"):
+    for kind in ("buffers", "generators", "teachers"):
         for name in grid.get(kind, []):
             if name not in (all_params.get(kind) or {}):
                 problems.append(f"grid.{kind}: no recipe {name!r}; recipes: {sorted(all_params.get(kind) or {})}")
-    for name in grid.get("xarch", []):
-        if name not in grid.get("methods", []):
-            problems.append(f"grid.xarch: {name!r} is not in grid.methods (the xarch stage trains on its sets)")
-    nets_to_check = []
+    for kind in ("xarch", "kd"):
+        for name in grid.get(kind, []):
+            if name not in grid.get("methods", []):
+                problems.append(f"grid.{kind}: {name!r} is not in grid.methods (the {kind} stage trains on its sets)")
+    try:
+        kd_cfg = resolve(all_params["kd"], profile)
+        if kd_cfg["teacher"] not in grid.get("teachers", []):
+            problems.append(f"kd.teacher: {kd_cfg['teacher']!r} is not in grid.teachers {grid.get('teachers')} (the "
+                            "teachers stage trains the recipes listed there)")
+        nets_to_check = [("kd.student", kd_cfg["student"])]
+    except (KeyError, ValueError, TypeError) as err:
+        problems.append(f"kd section: {err}")
+        nets_to_check = []
     try:
         nets_to_check.append(("evaluation.model", resolve(all_params["evaluation"], profile)["model"]))
         nets_to_check += [("xarch.archs", a) for a in resolve(all_params["xarch"], profile)["archs"]]

@@ -32,8 +32,13 @@ IPCS = (1, 10, 50)
 # feature matching, trajectory matching, kernel ridge regression, backpropagation through training, factorized and
 # generative), then any other method alphabetically.
 FAMILY_ORDER = ("random", "herding", "kcenter", "dc", "dsa", "dcc", "idc", "accdd", "dm", "cafe", "cafe_dsa",
-                "datadam", "mtt", "ftd", "tesla", "datm", "kip", "frepo", "rfad", "dd", "ld", "sldd", "rtp", "haba", "kfs", "glad",
+                "datadam", "rded", "mtt", "ftd", "tesla", "datm", "kip", "frepo", "rfad", "dd", "ld", "sldd", "rtp", "haba", "kfs", "glad",
                 "itgan", "dim")
+
+
+# Methods whose own (published) evaluation is the soft-label track: a teacher relabels every view (beyond-survey.md §1).
+# DD-Ranking's improvement over random compares them with random real images under that protocol.
+SOFT_TRACK = ("rded", "sre2l", "gvbsm", "edc", "d4m")
 
 
 def method_rank(method: str) -> tuple[int, str]:

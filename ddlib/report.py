@@ -20,6 +20,7 @@ device type regenerate it byte for byte; reports/costs/ is what this particular 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,7 +32,7 @@ from .figures import DATASET_NAMES
 from .published import DATASETS as PUBLISHED_DATASETS
 from .published import IPCS as PUBLISHED_IPCS
 from .published import METHODS as PUBLISHED_METHODS
-from .published import method_rank, published, published_own, published_xarch, xarch_rows
+from .published import SOFT_TRACK, method_rank, published, published_own, published_xarch, xarch_rows
 
 MAX_LOSS_POINTS = 500   # per cell in reports/plots/loss.json (the paper profile logs 20,000 iterations)
 
@@ -45,8 +46,9 @@ def stages(grid: dict) -> list[str]:
     """The DVC stages behind the report's numbers: each cell's distill and evaluate, the cross-architecture
     evaluations, the expert buffers and the generators."""
     cells = [f"{stage}@{results.key(*cell)}" for cell in grid_cells(grid) for stage in ("distill", "evaluate")]
-    cells += [f"xarch@{results.key(m, d, i)}" for m, d, i in grid_cells({**grid, "methods": grid.get("xarch", [])})]
-    return cells + [f"{kind}@{r}-{d}" for kind in ("buffers", "generators") for r in grid.get(kind, [])
+    cells += [f"{kind}@{results.key(m, d, i)}" for kind in ("xarch", "kd")
+              for m, d, i in grid_cells({**grid, "methods": grid.get(kind, [])})]
+    return cells + [f"{kind}@{r}-{d}" for kind in ("buffers", "generators", "teachers") for r in grid.get(kind, [])
                     for d in grid["datasets"]]
 
 
@@ -247,6 +249,109 @@ def xarch_markdown(rows: list[dict], records: dict[str, dict], dataset: str, met
     if refused:
         out += ["", "Stale, not shown: " + "; ".join(refused) + "."]
     return out + [""]
+
+
+def teachers_markdown(summaries: list[dict], dataset: str, stale: dict[str, str] | None) -> list[str]:
+    """The teachers trained here (`teachers` stage): what each is and its test accuracy after each epoch."""
+    out = ["## Teachers", "", "Trained here on the training split by the `teachers` stage (nothing is downloaded): the "
+           "soft-label track's teacher and RDED's observer; the last accuracy is the label-robust score's "
+           "\"real data, hard labels\".", ""]
+    for s in summaries:
+        stage, r = f"teachers@{s['name']}-{dataset}", s["recipe"]
+        what = (f"{r['model']}, {r['epochs']} epochs on {s['train_images']:,} training images, SGD {r['lr']:g} "
+                f"(momentum {r['momentum']}, weight decay {r['weight_decay']:g}), batch {r['batch_size']}, augmentation "
+                f"{r['augment'] or 'none'}, {s['wall_time_s']:.0f} s; test accuracy per epoch "
+                f"({s['test_images']:,} images): {', '.join(f'{a:.1f}' for a in s['test_acc'])}")
+        out.append(f"- `{s['name']}` ({s.get('profile', '-')} profile): " +
+                   (f"stale: rerun `dvc repro {stage}` ({stale[stage]})" if stale and stage in stale else what))
+    return out + [""]
+
+
+def soft_markdown(rows: list[dict], records: dict[str, dict], dataset: str, methods: list[str],
+                  stale: dict[str, str] | None) -> list[str]:
+    """Track B: students trained on the teacher's live soft labels (kd.py), one table of its own, with the
+    improvement over random real images under the same protocol (DD-Ranking's IOR)."""
+    cell = {(r["method"], r["ipc"]): r for r in rows if r["dataset"] == dataset}
+    ipcs = sorted({ipc for _, ipc in cell})
+    mine = {(m, i): records.get(results.key(m, dataset, i)) for m in methods for i in ipcs}
+    if not any(mine.values()):
+        return []
+    ok, refused = {}, []
+    for (m, i), rec in mine.items():
+        k, main = results.key(m, dataset, i), cell.get((m, i), {"status": "not run"})
+        why = (stale or {}).get(f"kd@{k}")
+        if rec and not why and main["status"] == "ok" and rec.get("synset_sha256") == main.get("synset_sha256"):
+            ok[m, i] = rec
+        elif rec:
+            refused.append(f"`dvc repro kd@{k}`: {why or 'made from another synthetic set'}")
+    body = []
+    for m in sorted(methods, key=method_rank):
+        line = [m]
+        for i in ipcs:
+            rec, base = ok.get((m, i)), ok.get(("random", i))
+            line.append(_acc(rec["mean"], rec["std"], len(rec["accs"])) if rec else "not run")
+            line.append(f"{rec['mean'] - base['mean']:+.1f}" if rec and base and m != "random" else "-")
+        body.append(line)
+    proto = next(iter(ok.values()))["protocol"] if ok else {}
+    out = ["## Soft-label track (B)", "",
+           "A separate protocol, never mixed with the tables above: students trained on each set with the teacher's "
+           "soft labels, the teacher relabelling every augmented view (`kd` stage, ddlib/kd.py; RDED's evaluation: "
+           f"student {proto.get('student', '-')}, teacher `{proto.get('teacher', '-')}`, {proto.get('epochs', '-')} "
+           f"epochs, AdamW {proto.get('lr', '-')}, KL at T {proto.get('temperature', '-')}, CutMix). Accuracy (%) of "
+           "the final epoch, mean ± std over seeds; IOR: the improvement over random real images under this same "
+           "protocol (DD-Ranking). These numbers measure the teacher as much as the set.", "",
+           *_md_table(["method"] + [h for i in ipcs for h in (f"IPC {i}", f"IPC {i} IOR")], body)]
+    if refused:
+        out += ["", "Stale, not shown: " + "; ".join(refused) + "."]
+    return out + [""]
+
+
+def label_robust_score(real: float, hard: float, own: float, random_own: float, w: float = 0.5) -> dict:
+    """DD-Ranking's label-robust score on accuracies in percent: HLR = real - hard (hard-label recovery, lower is
+    better), IOR = own - random_own (improvement over random under the method's own protocol), alpha = w IOR -
+    (1 - w) HLR on fractions, LRS = (e^alpha - e^-1) / (e - e^-1), in [0, 1] (beyond-survey.md §B1: the v0.2.0 code
+    mixes in percentages; we do not)."""
+    hlr, ior = real - hard, own - random_own
+    alpha = (w * ior - (1 - w) * hlr) / 100
+    return {"hlr": hlr, "ior": ior, "lrs": (math.exp(alpha) - math.exp(-1)) / (math.e - math.exp(-1))}
+
+
+def lrs_markdown(rows: list[dict], records: dict[str, dict], dataset: str, real_acc: float | None,
+                 teacher: str | None) -> list[str]:
+    """HLR, IOR and LRS for every set of the dataset: hard = the classic table's accuracy, own = the method's own
+    track (the soft-label track for SOFT_TRACK methods, else the classic one), real = the teacher's accuracy."""
+    cell = {(r["method"], r["ipc"]): r for r in rows if r["dataset"] == dataset and r["status"] == "ok"}
+    soft = {(r["method"], r["ipc"]): r for r in records.values() if r["dataset"] == dataset}
+    ipcs = sorted({i for _, i in cell})
+    if real_acc is None or not ipcs:
+        return []
+    body = []
+    for m in sorted({m for m, _ in cell}, key=method_rank):
+        line = [m]
+        for i in ipcs:
+            own_track = soft if m in SOFT_TRACK else None
+            hard, base = cell.get((m, i)), cell.get(("random", i))
+            if own_track is not None:
+                own, base = own_track.get((m, i)), own_track.get(("random", i))
+            else:
+                own = hard
+            if hard and own and base:
+                s = label_robust_score(real_acc, hard["acc_mean"], own["mean"] if own_track else own["acc_mean"],
+                                       base["mean"] if own_track else base["acc_mean"])
+                line += [f"{s['hlr']:.1f}", f"{s['ior']:+.1f}", f"{s['lrs']:.3f}"]
+            else:
+                line += ["-"] * 3
+        body.append(line)
+    return ["## Label robustness (DD-Ranking's LRS)", "",
+            f"Per set: HLR = accuracy of the real data with hard labels (the teacher `{teacher}`: {real_acc:.1f} %) - the "
+            "set's accuracy with hard labels (the classic table); IOR = the set's accuracy under its own protocol - "
+            "random real images' under the same (the soft-label track for "
+            f"{', '.join(m for m in SOFT_TRACK if any(k[0] == m for k in cell)) or 'no method here'}, the classic one "
+            "for the rest); LRS = (e^α - e^-1) / (e - e^-1), α = (IOR - HLR) / 2 on fractions (higher is better). The "
+            "augmentation-robust score (ARS) needs an evaluation of every set without augmentation, which the pipeline "
+            "does not make yet.", "",
+            *_md_table(["method"] + [h for i in ipcs for h in (f"IPC {i} HLR", f"IPC {i} IOR", f"IPC {i} LRS")], body),
+            ""]
 
 
 def survey_table_markdown(rows: list[dict], grid: dict | None) -> str:
@@ -524,6 +629,7 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
     cells = grid_cells(grid) if grid else [(r["method"], r["dataset"], r["ipc"]) for r in collected.values()]
     rows = rows_for(collected, cells, stale)
     xrecords = results.read_all(Path(results_dir) / "xarch", "xarch.json")
+    kd_records = results.read_all(Path(results_dir) / "kd", "kd.json")
     written = plot_data(rows, out / "plots")
     index = ["# Reports", ""]
     for dataset in sorted({r["dataset"] for r in rows}, key=lambda d: list(DATASET_NAMES).index(d)
@@ -539,8 +645,15 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
                                                                  else int(syn.labels.max()) + 1))
                   for k, syn in sets.items()}
         xmethods = grid.get("xarch", []) if grid else sorted({r["method"] for r in xrecords.values()})
+        kd_methods = grid.get("kd", []) if grid else sorted({r["method"] for r in kd_records.values()})
+        taught = [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob(f"teachers/*-{dataset}.json"))]
+        taught = [t for t in taught if t["dataset"] == dataset and (grid is None or t["name"] in grid.get("teachers", []))]
+        fresh = [t for t in taught if not (stale and f"teachers@{t['name']}-{dataset}" in stale)]
         md = [f"# {name}", "", table_markdown(rows, dataset, checked=stale is not None),
               *xarch_markdown(rows, xrecords, dataset, xmethods, stale),
+              *soft_markdown(rows, kd_records, dataset, kd_methods, stale),
+              *lrs_markdown(rows, kd_records, dataset, fresh[0]["test_acc"][-1] if fresh else None,
+                            fresh[0]["name"] if fresh else None),
               *storage_markdown(rows, dataset, stored), "## Figures",
               "", f"![accuracy vs IPC](figures/{dataset}_acc_vs_ipc.png)", "",
               f"Distillation and evaluation cost: [costs/{dataset}.md](costs/{dataset}.md).", ""]
@@ -551,6 +664,8 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
             md += experts_markdown(summaries, dataset, stale)
             written += [figures.plot_expert_curves(s, out / "figures" / f"{dataset}_experts_{s['name']}.png")
                         for s in summaries if not (stale and f"buffers@{s['name']}-{dataset}" in stale)]
+        if taught:
+            md += teachers_markdown(taught, dataset, stale)
         summaries = [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob(f"generators/*-{dataset}.json"))]
         recipes = grid.get("generators", []) if grid else None
         summaries = [s for s in summaries if s["dataset"] == dataset and (recipes is None or s["name"] in recipes)]
@@ -613,19 +728,21 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
 
 def missing(results_dir: str | Path, grid: dict, profile: str) -> list[str]:
     """The stages of the grid whose result is absent or of another profile: `distill@<key>`, `evaluate@<key>`,
-    `xarch@<key>`, each with the profile it has when it has one."""
+    `xarch@<key>`, `kd@<key>`, each with the profile it has when it has one."""
     collected = results.collect(results_dir)
     xrecords = results.read_all(Path(results_dir) / "xarch", "xarch.json")
+    kd_records = results.read_all(Path(results_dir) / "kd", "kd.json")
     out = []
     for method, dataset, ipc in grid_cells(grid):
         k, r = results.key(method, dataset, ipc), collected.get(results.key(method, dataset, ipc)) or {}
         for stage, has in (("distill", r.get("distill_profile")), ("evaluate", r.get("eval_profile"))):
             if has != profile:
                 out.append(f"{stage}@{k}" + (f" (has {has})" if has else ""))
-    for method, dataset, ipc in grid_cells({**grid, "methods": grid.get("xarch", [])}):
-        k = results.key(method, dataset, ipc)
-        if (has := (xrecords.get(k) or {}).get("profile")) != profile:
-            out.append(f"xarch@{k}" + (f" (has {has})" if has else ""))
+    for kind, records in (("xarch", xrecords), ("kd", results.read_all(Path(results_dir) / "kd", "kd.json"))):
+        for method, dataset, ipc in grid_cells({**grid, "methods": grid.get(kind, [])}):
+            k = results.key(method, dataset, ipc)
+            if (has := (records.get(k) or {}).get("profile")) != profile:
+                out.append(f"{kind}@{k}" + (f" (has {has})" if has else ""))
     return out
 
 
@@ -643,7 +760,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = params.check_profile(args.profile or all_params.get("profile", "quick"))
     grid = all_params["grid"]
     gone = missing(args.results, grid, profile)
-    total = len(grid_cells(grid)) * 2 + len(grid_cells({**grid, "methods": grid.get("xarch", [])}))
+    total = len(grid_cells(grid)) * 2 + sum(len(grid_cells({**grid, "methods": grid.get(k, [])})) for k in ("xarch", "kd"))
     print(f"{total - len(gone)} of {total} grid stages have a {profile}-profile result in {args.results}/"
           + (":" if not gone else f"; missing {len(gone)} (`dvc repro` makes them):"))
     print(*(f"  {s}" for s in gone), sep="\n")

@@ -277,7 +277,8 @@ def write_inputs(root: str | Path, dataset: str, all_params: dict) -> list[Path]
             for path in paths:
                 if not path.exists():
                     raise FileNotFoundError(f"{method} at IPC {ipc} reads {path.relative_to(root)}, which no stage "
-                                            "made: is its expert recipe in grid.buffers (or its dataset's zca stage run)?")
+                                            "made: is its recipe in grid.buffers, grid.generators or grid.teachers "
+                                            "(or its dataset's zca stage run)?")
             record = {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(paths)}
             written.append(root / INPUTS / dataset / f"{method}-{ipc}.json")
             written[-1].parent.mkdir(parents=True, exist_ok=True)

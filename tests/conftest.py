@@ -32,9 +32,9 @@ def tiny_test(fixture_root):
 
 @pytest.fixture(scope="session")
 def tiny_buffers(fixture_root, tiny_train, tiny_test):
-    """Expert buffers and generators of every recipe in params.yaml (tiny profile) under fixture_root: the
-    data_root that trajectory-matching and latent-space methods get in tests."""
-    from ddlib import experts, generators, params
+    """Expert buffers, generators and teachers of every recipe in params.yaml (tiny profile) under fixture_root:
+    the data_root that trajectory-matching, latent-space and observer-based methods get in tests."""
+    from ddlib import experts, generators, params, teachers
     all_params = params.load("params.yaml")
     for name in all_params["buffers"]:
         recipe = experts.Recipe(**params.resolve(all_params["buffers"][name], "tiny"))
@@ -44,4 +44,8 @@ def tiny_buffers(fixture_root, tiny_train, tiny_test):
         recipe = generators.Recipe(**params.resolve(all_params["generators"][name], "tiny"))
         generators.train(tiny_train, recipe, fixture_root / "fashion_mnist" / "generators" / name, name=name,
                          device=torch.device("cpu"), seed=0, checkpoint_dir=fixture_root / "checkpoints" / f"g-{name}")
+    for name in all_params["teachers"]:
+        recipe = teachers.Recipe(**params.resolve(all_params["teachers"][name], "tiny"))
+        teachers.train(tiny_train, tiny_test, recipe, fixture_root / "fashion_mnist" / "teachers" / name, name=name,
+                       device=torch.device("cpu"), seed=0, checkpoint_dir=fixture_root / "checkpoints" / f"t-{name}")
     return fixture_root

@@ -58,3 +58,169 @@ def test_datadam_moves_the_images_and_rejects_bad_config(tiny_train):
     assert not torch.equal(syn.images, init.images)
     with pytest.raises(ValueError, match="invalid DataDAM config"):
         datadam.Config(power=0)
+
+
+# ---------------------------------------------------------------- teachers, the soft-label track, RDED
+import math  # noqa: E402
+
+import torch.nn.functional as F  # noqa: E402
+
+from ddlib import kd, report, teachers  # noqa: E402
+from ddlib.methods import rded  # noqa: E402
+
+
+def _recipe(**kw):
+    return teachers.Recipe(**{"model": "convnet_w8_bn", "epochs": 2, "lr": 0.01, "batch_size": 8, **kw})
+
+
+def test_teacher_trains_resumes_and_loads(tiny_train, tiny_test, tmp_path):
+    out, ckpt = tmp_path / "data" / "fashion_mnist" / "teachers" / "t", tmp_path / "ckpt"
+    full = teachers.train(tiny_train, tiny_test, _recipe(), out, name="t", device=torch.device("cpu"), seed=0,
+                          checkpoint_dir=ckpt)
+    assert len(full["test_acc"]) == 2 and full["train_images"] == len(tiny_train)
+    first = torch.load(out / "teacher.pt", weights_only=True)["state_dict"]
+    # a run killed after epoch 1: the partial checkpoint of a one-epoch run, then the two-epoch recipe resumes it
+    one = teachers.train(tiny_train, tiny_test, _recipe(epochs=1), tmp_path / "one", name="t",
+                         device=torch.device("cpu"), seed=0, checkpoint_dir=ckpt)
+    partial = ckpt / "teacher-t-fashion_mnist.partial"
+    blob = torch.load(tmp_path / "one" / "teacher.pt", weights_only=True)
+    torch.save({"state_dict": blob["state_dict"], "gen": torch.Generator().manual_seed(0).get_state(),
+                "record": {"train_loss": [0.0], "test_acc": one["test_acc"]},
+                "fingerprint": teachers.fingerprint(_recipe(), "fashion_mnist", 0)}, partial)
+    resumed = teachers.train(tiny_train, tiny_test, _recipe(), tmp_path / "resumed", name="t",
+                             device=torch.device("cpu"), seed=0, checkpoint_dir=ckpt)
+    assert len(resumed["test_acc"]) == 2 and not partial.exists()
+    net = teachers.load("t", data_root=tmp_path / "data", spec=tiny_train.spec, device=torch.device("cpu"))
+    assert not net.training and all(not p.requires_grad for p in net.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), first.values()))
+
+
+def test_missing_or_foreign_teacher_names_the_fix(tiny_train, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"dvc repro teachers@standard-fashion_mnist"):
+        teachers.load("standard", data_root=tmp_path, spec=tiny_train.spec, device=torch.device("cpu"))
+    path = teachers.path_of("standard", tmp_path, "fashion_mnist")
+    path.parent.mkdir(parents=True)
+    net = torch.nn.Linear(1, 1)
+    torch.save({"state_dict": net.state_dict(), "arch": {"model": "mlp", "channels": 1, "num_classes": 10,
+                                                          "im_size": [28, 28], "dataset": "mnist"}}, path)
+    with pytest.raises(ValueError, match="trained on mnist, not fashion_mnist"):
+        teachers.load("standard", data_root=tmp_path, spec=tiny_train.spec, device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="invalid teacher recipe"):
+        _recipe(epochs=0)
+
+
+def test_kd_loss_is_t_squared_kl_by_hand():
+    s, t = torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3.0), 0.0]])       # teacher p = (3/4, 1/4) at T = 1
+    kl = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    assert kd.kd_loss(s, t, 1.0).item() == pytest.approx(kl, rel=1e-6)
+    t2 = t * 2                                                                     # at T = 2 the same p, times 4
+    assert kd.kd_loss(s, t2, 2.0).item() == pytest.approx(4 * kl, rel=1e-6)
+    assert kd.kd_loss(t, t, 3.0).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_random_resized_crop_and_paste_box():
+    x = torch.arange(2 * 16 * 16, dtype=torch.float32).view(2, 1, 16, 16)
+    gen = torch.Generator().manual_seed(0)
+    assert torch.allclose(kd.random_resized_crop(x, gen, (1.0, 1.0), flip=False), x, atol=1e-4)   # scale 1: whole image
+    flipped = [kd.random_resized_crop(x, torch.Generator().manual_seed(s), (1.0, 1.0)) for s in range(8)]
+    mirrored = [[torch.allclose(f[i], x[i].flip(-1), atol=1e-4) for i in range(2)] for f in flipped]
+    assert any(any(m) for m in mirrored) and not all(all(m) for m in mirrored)      # each image flips by its own coin
+    assert all(m or torch.allclose(f[i], x[i], atol=1e-4) for f, ms in zip(flipped, mirrored) for i, m in enumerate(ms))
+    crop = kd.random_resized_crop(x, gen, (0.25, 0.25), ratio=(1.0, 1.0), flip=False)   # a half-side box, upsampled
+    assert crop.shape == x.shape and not torch.allclose(crop, x)
+    mixed = kd.paste_box(x, torch.Generator().manual_seed(1))
+    changed = (mixed != x).any(1)                                                  # (2, 16, 16) pasted pixels
+    rows, cols = changed.any(0).nonzero(as_tuple=True)
+    assert changed.sum() == 0 or (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1) * 2 >= changed.sum()
+
+
+def test_kd_protocol_batches_and_validation():
+    p = kd.Protocol()
+    assert (p.batch_for(1, 10), p.batch_for(10, 10), p.batch_for(50, 100), p.batch_for(20, 10)) == (10, 50, 200, 50)
+    with pytest.raises(ValueError, match="rrc_min"):
+        kd.Protocol(rrc_min=0)
+
+
+def test_soft_label_evaluation_runs_and_is_seeded(tiny_train, tiny_test, tiny_buffers):
+    teacher = teachers.load("standard", data_root=tiny_buffers, spec=tiny_train.spec, device=torch.device("cpu"))
+    syn = methods.distill("random", tiny_train, ipc=1, seed=0)
+    p = kd.Protocol(student="convnet_w8_bn", epochs=2, num_seeds=2, test_subset=2)
+    a = kd.evaluate(syn, tiny_test, p, teacher, device="cpu", seed=0)
+    assert a["track"] == "soft" and len(a["accs"]) == 2 and a["protocol"]["batch"] == 10
+    assert kd.evaluate(syn, tiny_test, p, teacher, device="cpu", seed=0)["accs"] == a["accs"]
+
+
+def test_rded_selection_and_tiling_by_hand():
+    scores = torch.tensor([[3.0, 1.0], [0.5, 2.0], [4.0, 5.0]])                    # (images, crops)
+    assert rded.select(scores, 2).tolist() == [[1, 0], [0, 1]]                     # best crop of each, best images
+    patches = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 2, 2)               # constant 2x2 patches 0..3
+    tiled = rded.tile(patches, 2)
+    assert tiled.shape == (1, 1, 2, 2) and tiled[0, 0].tolist() == [[0.0, 1.0], [2.0, 3.0]]
+    assert torch.equal(rded.tile(patches, 1), patches)
+    observer = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    crops = torch.randn(5, 1, 2, 2)
+    expected = F.cross_entropy(observer(crops), torch.full((5,), 2), reduction="none")
+    assert torch.allclose(rded.crop_scores(observer, crops, 2, batch=2), expected, atol=1e-6)
+
+
+def test_rded_picks_observer_typical_crops_and_needs_a_teacher(tiny_train, tiny_buffers, tmp_path):
+    syn = methods.distill("rded", tiny_train, ipc=2, params={"candidates": 4, "num_crop": 2}, seed=0,
+                          data_root=tiny_buffers)
+    assert syn.images.shape == (20, 1, 28, 28) and syn.labels.tolist() == [c for c in range(10) for _ in range(2)]
+    assert math.isfinite(syn.provenance["mean_selected_score"])
+    with pytest.raises(FileNotFoundError, match="dvc repro teachers@standard-fashion_mnist"):
+        methods.distill("rded", tiny_train, ipc=1, seed=0, data_root=tmp_path)
+
+
+def test_label_robust_score_by_hand():
+    s = report.label_robust_score(90.0, 60.0, 70.0, 50.0)
+    alpha = (0.5 * 20 - 0.5 * 30) / 100
+    assert (s["hlr"], s["ior"]) == (30.0, 20.0)
+    assert s["lrs"] == pytest.approx((math.exp(alpha) - math.exp(-1)) / (math.e - math.exp(-1)))
+    assert report.label_robust_score(100.0, 100.0, 100.0, 0.0)["lrs"] == pytest.approx(
+        (math.exp(0.5) - math.exp(-1)) / (math.e - math.exp(-1)))
+
+
+def test_report_keeps_the_soft_track_apart_and_scores_label_robustness(tmp_path):
+    import json
+    from ddlib import results
+    from tests.test_report import _distill, _eval, _synset, _table_rows
+    root = tmp_path / "results"
+    for m, a, b in (("random", 50.0, 68.0), ("rded", 52.0, 72.0), ("dm", 68.0, None)):
+        _distill(root, m, "fashion_mnist", 1, 1.0, 1.0)
+        _eval(root, m, "fashion_mnist", 1, a, 1.0)
+        if b is not None:
+            results.write_eval({"method": m, "dataset": "fashion_mnist", "ipc": 1, "track": "soft", "accs": [b - 1, b + 1],
+                                "mean": b, "std": 1.0, "seeds": [0, 1], "protocol": {"student": "convnet_bn"},
+                                "synset_sha256": _synset(m, "fashion_mnist", 1).content_hash()},
+                               root / "kd" / results.key(m, "fashion_mnist", 1) / "kd.json", profile="quick")
+    (root / "teachers").mkdir()
+    (root / "teachers" / "standard-fashion_mnist.json").write_text(json.dumps({
+        "name": "standard", "dataset": "fashion_mnist", "test_acc": [70.0, 80.0], "train_images": 100, "test_images": 20,
+        "wall_time_s": 3.0, "profile": "quick", "recipe": {"model": "convnet_bn", "epochs": 2, "lr": 0.01, "momentum": 0.9,
+                                                           "weight_decay": 5e-4, "batch_size": 256, "augment": "crop_flip"}}))
+    grid = {"datasets": ["fashion_mnist"], "methods": ["random", "dm", "rded"], "ipcs": [1], "teachers": ["standard"],
+            "kd": ["random", "rded"], "xarch": ["dm"]}
+    report.write_reports(root, tmp_path / "reports", grid=grid, stale={})
+    page = (tmp_path / "reports" / "fashion_mnist.md").read_text()
+    header, rows = _table_rows(page, "| method | IPC 1 | IPC 1 IOR")
+    assert rows == {"random": ["68.0 ± 1.0", "-"], "rded": ["72.0 ± 1.0", "+4.0"]}
+    header, rows = _table_rows(page, "| method | IPC 1 HLR")
+    # dm: own = classic: HLR 80 - 68 = 12, IOR 68 - 50 = 18; rded: own = soft: HLR 80 - 52 = 28, IOR 72 - 68 = 4
+    assert rows["dm"][:2] == ["12.0", "+18.0"] and rows["rded"][:2] == ["28.0", "+4.0"]
+    assert rows["rded"][2] == f"{report.label_robust_score(80, 52, 72, 68)['lrs']:.3f}"
+    assert "`standard` (quick profile): convnet_bn, 2 epochs" in page and "70.0, 80.0" in page
+    _, main = _table_rows(page, "| method | IPC 1 |")
+    assert main["rded"][0].startswith("52.0") and "72.0" not in main["rded"][0]   # never in the classic table
+
+
+def test_check_grid_names_a_teacher_outside_the_grid():
+    from ddlib import params
+    import copy
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    bad = copy.deepcopy(params.load(root / "params.yaml"))
+    bad["grid"]["teachers"] = ["other"]
+    bad["teachers"]["other"] = bad["teachers"]["standard"]
+    with pytest.raises(ValueError, match="kd.teacher: 'standard' is not in grid.teachers"):
+        params.check_grid(bad, root)

@@ -90,7 +90,7 @@ def test_tiny_dvc_repro_end_to_end(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["profile"] = "tiny"
     params["grid"] = {"datasets": ["fashion_mnist"], "methods": list(GRID), "ipcs": [1], "buffers": ["plain", "flat"],
-                      "generators": ["dcgan"], "xarch": ["dm"]}
+                      "generators": ["dcgan"], "teachers": ["standard"], "xarch": ["dm"], "kd": ["random"]}
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if (ROOT / "data" / "fashion_mnist" / "raw").exists():
         shutil.copytree(ROOT / "data" / "fashion_mnist" / "raw", work / "data" / "fashion_mnist" / "raw")
@@ -113,6 +113,9 @@ def test_tiny_dvc_repro_end_to_end(tmp_path):
     assert list(xarch["archs"]) == params["xarch"]["tiny"]["archs"] and xarch["profile"] == "tiny"
     assert "## Cross-architecture" in table and "| method | IPC 1 convnet | IPC 1 mlp |" in table
     assert "| dm |" in (work / "reports" / "table1.md").read_text()
+    soft = json.loads((work / "results" / "kd" / "random-fashion_mnist-1" / "kd.json").read_text())
+    assert soft["track"] == "soft" and soft["profile"] == "tiny" and len(soft["accs"]) == 1
+    assert "## Soft-label track (B)" in table and "## Teachers" in table and "## Label robustness" in table
     first = cells(work)
     check_golden({k: dict(v) for k, v in first.items()})
 
