@@ -224,3 +224,95 @@ def test_check_grid_names_a_teacher_outside_the_grid():
     bad["teachers"]["other"] = bad["teachers"]["standard"]
     with pytest.raises(ValueError, match="kd.teacher: 'standard' is not in grid.teachers"):
         params.check_grid(bad, root)
+
+
+# ---------------------------------------------------------------- SRe2L: recover by BN-statistic matching
+from ddlib.methods import sre2l  # noqa: E402
+
+
+def test_bn_statistics_loss_by_hand():
+    bn = torch.nn.BatchNorm2d(2)
+    bn.running_mean.copy_(torch.tensor([1.0, 0.0]))
+    bn.running_var.copy_(torch.tensor([1.0, 4.0]))
+    h = torch.tensor([[[[0.0, 2.0]], [[1.0, 1.0]]], [[[2.0, 4.0]], [[1.0, 1.0]]]])   # (N=2, C=2, 1, 2)
+    # channel 0: values 0, 2, 2, 4 -> mean 2, biased var (4 + 0 + 0 + 4) / 4 = 2; channel 1: all 1 -> mean 1, var 0
+    # ||(2, 0) - (1, 4)|| = sqrt(1 + 16), ||(2, 1) - (1, 0)|| = sqrt(2)
+    assert sre2l.bn_statistics_loss(h, bn).item() == pytest.approx(17 ** 0.5 + 2 ** 0.5)
+
+
+def test_recover_groups_are_one_image_per_class_per_ipc_index():
+    assert [g.tolist() for g in sre2l.groups(3, 2, 2)] == [[0, 2], [4], [1, 3], [5]]   # class-major: c * ipc + i
+    assert [g.tolist() for g in sre2l.groups(2, 1, 100)] == [[0, 1]]
+
+
+def test_recover_loss_is_the_sum_of_each_groups_own_loss():
+    """The groups share one eval-mode forward; the total must equal SRe2L's per-batch loss summed over batches."""
+    torch.manual_seed(0)
+    teacher = nets.make_net("convnet_w8_bn", 1, 3, (28, 28), seed=0)
+    teacher.train()
+    with torch.no_grad():
+        for _ in range(3):
+            teacher(torch.randn(16, 1, 28, 28) * 2 + 1)         # running statistics away from (0, 1)
+    teacher.eval()
+    x, y = torch.randn(6, 1, 28, 28), torch.arange(3).repeat_interleave(2)
+    cfg = sre2l.Config(r_bn=0.5, first_bn_multiplier=3.0, group=2)
+    batches = sre2l.groups(3, 2, 2)
+    bns = [m for m in teacher.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    expected = 0.0
+    for idx in batches:
+        inputs = []
+        hooks = [m.register_forward_hook(lambda _m, a, _o: inputs.append(a[0])) for m in bns]
+        logits = teacher(x[idx])
+        for hk in hooks:
+            hk.remove()
+        stats = sum(w * sre2l.bn_statistics_loss(h, bn) for w, h, bn in zip([3.0, 1.0, 1.0], inputs, bns))
+        expected += F.cross_entropy(logits, y[idx]).item() + 0.5 * stats.item()
+    assert sre2l.recover_loss(teacher, x, y, batches, cfg).item() == pytest.approx(expected, rel=1e-5)
+    assert not any(m._forward_hooks for m in bns)                 # the hooks are gone afterwards
+
+
+def test_sre2l_recovers_lowers_its_loss_and_stays_in_pixel_range(tiny_train, tiny_buffers, tmp_path, monkeypatch):
+    syn = methods.distill("sre2l", tiny_train, ipc=2, params={"iterations": 15}, seed=0, data_root=tiny_buffers)
+    assert syn.images.shape == (20, 1, 28, 28) and syn.labels.tolist() == [c for c in range(10) for _ in range(2)]
+    losses = [v for _, v in syn.provenance["loss_history"]]
+    assert losses[-1] < losses[0]
+    lo, hi = -tiny_train.spec.mean[0] / tiny_train.spec.std[0], (1 - tiny_train.spec.mean[0]) / tiny_train.spec.std[0]
+    assert syn.images.min() >= lo - 1e-6 and syn.images.max() <= hi + 1e-6
+    with pytest.raises(FileNotFoundError, match="dvc repro teachers@standard-fashion_mnist"):
+        methods.distill("sre2l", tiny_train, ipc=1, seed=0, data_root=tmp_path)
+    monkeypatch.setattr(sre2l.teachers, "load", lambda *a, **k: nets.make_net("convnet_w8", 1, 10, (28, 28), seed=0))
+    with pytest.raises(ValueError, match="has no BatchNorm layer"):
+        methods.distill("sre2l", tiny_train, ipc=1, params={"iterations": 1}, seed=0, data_root=tiny_buffers)
+    with pytest.raises(ValueError, match="invalid SRe2L config"):
+        sre2l.Config(group=0)
+
+
+# ---------------------------------------------------------------- M3D: kernel MMD in place of DM's means
+from ddlib.methods import m3d  # noqa: E402
+
+
+def test_gaussian_mmd_by_hand():
+    a, b = torch.tensor([[0.0], [2.0]]), torch.tensor([[1.0]])
+    # sigma^2 = 1: k(0,2) = e^-2, k(0,1) = k(2,1) = e^-0.5; MMD^2 = (2 + 2 e^-2) / 4 + 1 - 2 e^-0.5
+    expected = (2 + 2 * math.exp(-2)) / 4 + 1 - 2 * math.exp(-0.5)
+    assert m3d.gaussian_mmd2(a, b, 1.0).item() == pytest.approx(expected)
+    assert m3d.gaussian_mmd2(a, a, 1.0).item() == pytest.approx(0.0, abs=1e-7)
+    # distances among [0, 2, 1]: squared 4, 1, 1 -> median 1, halved
+    assert m3d.median_bandwidth(a, b).item() == pytest.approx(0.5)
+
+
+def test_m3d_tends_to_dm_as_the_bandwidth_grows():
+    torch.manual_seed(0)
+    real, syn = torch.randn(2, 6, 4, dtype=torch.float64), torch.randn(2, 3, 4, dtype=torch.float64)
+    dm_loss = dm.mean_embedding_distance(real, syn).item()
+    assert m3d.class_mmd(real, syn, 1e6).item() == pytest.approx(dm_loss, rel=1e-4)
+    assert abs(m3d.class_mmd(real, syn, 1.0).item() - dm_loss) > 0.1 * dm_loss     # a real kernel differs
+
+
+def test_m3d_moves_the_images_and_rejects_bad_config(tiny_train):
+    syn = methods.distill("m3d", tiny_train, ipc=2, params={"iterations": 2, "batch_real": 3, "model": "convnet_w8"},
+                          seed=0)
+    init = methods.distill("m3d", tiny_train, ipc=2, params={"iterations": 0, "model": "convnet_w8"}, seed=0)
+    assert syn.images.shape == (20, 1, 28, 28) and not torch.equal(syn.images, init.images)
+    with pytest.raises(ValueError, match="invalid M3D config"):
+        m3d.Config(bandwidth=0)

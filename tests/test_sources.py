@@ -59,12 +59,13 @@ def test_a_method_never_depends_on_another_familys_module():
         # other networks, CAFE+DSA is CAFE); FTD, TESLA and DATM are MTT with changes; SLDD is DD with labels;
         # GLaD applies DC's, DM's or MTT's loss in latent space, IT-GAN is GLaD started by GAN inversion, HaBa
         # matches MTT's trajectories with hallucinated images, KFS applies DM's loss to decoded codes, DataDAM adds
-        # attention terms to DM's (its classes and draws)
+        # attention terms to DM's (its classes and draws), M3D a kernel MMD on DM's draws
         dc, idc, cafe, dd, glad = ({f"ddlib/methods/{x}.py"} for x in ("dc", "idc", "cafe", "dd", "glad"))
         objectives = {f"ddlib/methods/{x}.py" for x in ("dc", "dm", "mtt")}
         allowed = {"dsa": dc, "dcc": dc, "idc": dc, "cafe": dc, "accdd": dc | idc, "cafe_dsa": dc | cafe, "sldd": dd,
                    "glad": objectives, "itgan": objectives | glad, "haba": {"ddlib/methods/mtt.py"},
                    "kfs": {"ddlib/methods/dm.py"}, "datadam": {"ddlib/methods/dm.py"},
+                   "m3d": {"ddlib/methods/dm.py"},
                    **{tm: {"ddlib/methods/mtt.py"} for tm in ("ftd", "tesla", "datm")}}.get(m, set())
         assert files[m] & others == allowed, m
     assert "ddlib/methods/coreset.py" in files["herding"] and "ddlib/methods/coreset.py" not in files["dm"]

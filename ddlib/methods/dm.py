@@ -59,12 +59,14 @@ def draw(real: LabeledImages, gen: torch.Generator, cfg) -> tuple[torch.Tensor, 
     return torch.cat(index), transforms
 
 
-def loss(x_syn: torch.Tensor, gen: torch.Generator, real: LabeledImages, cfg) -> torch.Tensor:
-    """The DM loss of class-major images x_syn (any graph behind them: pixels, or a generator's output).
+def embeddings(x_syn: torch.Tensor, gen: torch.Generator, real: LabeledImages, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """One draw of DM's matching: a fresh random network psi and `draw`'s batches and transforms, giving the
+    class-major real (k, batch_real, d) embeddings (no autograd) and synthetic (k, m, d) ones (any graph behind
+    x_syn: pixels, or a generator's output). DM compares their class means; M3D their kernel MMD.
 
     Every class is drawn first (in the per-class reference's order), then the real images of all classes go
     through the network together without autograd and the synthetic ones in one call, each class under its
-    own transform: the loss equals bench/reference.py's per-class step to float rounding (tests/test_methods.py)."""
+    own transform: DM's loss equals bench/reference.py's per-class step to float rounding (tests/test_methods.py)."""
     spec, device = real.spec, x_syn.device
     net = nets.make_net(cfg.model, spec.channels, spec.num_classes, spec.im_size, seed=loop.new_seed(gen)).to(device)
     net.requires_grad_(False)  # psi is a fixed random feature map; only the images learn
@@ -76,9 +78,13 @@ def loss(x_syn: torch.Tensor, gen: torch.Generator, real: LabeledImages, cfg) ->
             x_real = augment.apply_per_group(x_real, transforms)
         # a BatchNorm net sees every class's real images in one batch (shared statistics), never in chunks
         emb_real = (net.embed(x_real) if nets.has_bn(net) else nets.embed_chunked(net, x_real)).view(k, cfg.batch_real, -1)
-        emb_real = emb_real.mean(1, keepdim=True)
     x_syn = augment.apply_per_group(x_syn, transforms) if cfg.dsa else x_syn
-    return mean_embedding_distance(emb_real.clone(), net.embed(x_syn).view(k, len(x_syn) // k, -1))
+    return emb_real.clone(), net.embed(x_syn).view(k, len(x_syn) // k, -1)
+
+
+def loss(x_syn: torch.Tensor, gen: torch.Generator, real: LabeledImages, cfg) -> torch.Tensor:
+    """The DM loss of class-major images x_syn."""
+    return mean_embedding_distance(*embeddings(x_syn, gen, real, cfg))
 
 
 def step(state: loop.State, real: LabeledImages, cfg: Config) -> float:
