@@ -2,7 +2,7 @@
 factor x factor tiles each upsampled (bilinear) back to full size, and the storage accounting that compares such
 sets with plain images at equal pixel budget (stored floats beside decoded images).
 
-Used by idc and accdd; `storage` is the record a SyntheticSet's provenance carries as "storage".
+Used by idc, accdd and idm; `storage` is the record a SyntheticSet's provenance carries as "storage".
 """
 
 from __future__ import annotations
@@ -27,6 +27,18 @@ def decode(x: torch.Tensor, factor: int) -> torch.Tensor:
     th, tw = h // factor, w // factor
     tiles = [x[:, :, i * th:(i + 1) * th, j * tw:(j + 1) * tw] for i in range(factor) for j in range(factor)]
     return F.interpolate(torch.cat(tiles), size=(h, w), mode="bilinear", align_corners=False)
+
+
+def real_tiles(x_syn: torch.Tensor, real, factor: int, gen: torch.Generator) -> None:
+    """Fill class-major stored images in place with f^2 random real images of their class each, every one
+    nearest-downsampled into one tile (IDC's and IDM's real init), so that `decode` starts from real images."""
+    spec, f = real.spec, factor
+    ipc, (h, w) = len(x_syn) // spec.num_classes, spec.im_size
+    with torch.no_grad():
+        for c in range(spec.num_classes):
+            x = real.sample_class(c, ipc * f * f, gen).to(x_syn.device)
+            x = F.interpolate(x, size=(h // f, w // f)).view(f, f, ipc, spec.channels, h // f, w // f)
+            x_syn[c * ipc:(c + 1) * ipc] = x.permute(2, 3, 0, 4, 1, 5).reshape(ipc, spec.channels, h, w)
 
 
 def storage(n: int, shape, factor: int, num_classes: int) -> dict:

@@ -316,3 +316,96 @@ def test_m3d_moves_the_images_and_rejects_bad_config(tiny_train):
     assert syn.images.shape == (20, 1, 28, 28) and not torch.equal(syn.images, init.images)
     with pytest.raises(ValueError, match="invalid M3D config"):
         m3d.Config(bandwidth=0)
+
+
+# ---------------------------------------------------------------- IDM: DM on decoded tiles, pool nets, CE term
+from ddlib import multiformation, pools  # noqa: E402
+from ddlib.methods import idm  # noqa: E402
+
+
+def test_idm_objective_by_hand():
+    emb_real = torch.tensor([[[1.0, 0.0], [3.0, 2.0]], [[0.0, 0.0], [0.0, 2.0]]])   # class means (2, 1), (0, 1)
+    emb_syn = torch.tensor([[[2.0, 1.0]], [[1.0, 1.0]]])                               # distances 0 and 1
+    logits = torch.tensor([[[0.0, 0.0]], [[0.0, math.log(3.0)]]])  # CE: log 2 (class 0), -log(3/4) (class 1)
+    expected = 1.0 + 0.5 * 40.0 * (math.log(2.0) - math.log(0.75))
+    assert idm.objective(emb_real, emb_syn, logits, 40.0, 0.5).item() == pytest.approx(expected, rel=1e-6)
+    assert idm.objective(emb_real, emb_syn, logits, 0.0, 0.5).item() == pytest.approx(1.0)
+
+
+def test_idm_decodes_each_class_into_its_own_tiles(tiny_train):
+    x = torch.randn(6, 1, 28, 28)                                   # 3 classes x 2 stored images
+    out = idm.class_major_decode(x, 3, 2)
+    assert out.shape == (24, 1, 28, 28)
+    for c in range(3):
+        assert torch.equal(out[8 * c:8 * (c + 1)], multiformation.decode(x[2 * c:2 * (c + 1)], 2))
+    # the real init puts 4 downsampled real images of the class in the 4 tiles
+    x_syn = torch.zeros(20, 1, 28, 28)
+    multiformation.real_tiles(x_syn, tiny_train, 2, torch.Generator().manual_seed(0))
+    tiles = multiformation.decode(x_syn, 2)
+    assert all((t != 0).any() for t in tiles) and not torch.equal(x_syn[0, :, :14, :14], x_syn[0, :, 14:, :14])
+
+
+def test_idm_pool_net_is_an_expert_snapshot(tiny_train, tiny_buffers):
+    cfg = idm.Config(max_epoch=2, batch_real=3)
+    pool = pools.load(tiny_train, buffer="plain", model="convnet", data_root=tiny_buffers, epoch=2)
+    gen = torch.Generator().manual_seed(0)
+    net = idm.pool_net(pool, tiny_train, cfg, gen, torch.device("cpu"))
+    flat = torch.nn.utils.parameters_to_vector(net.parameters())
+    assert any(torch.equal(flat, pool.at(0, e)[0]) for e in range(3)) and not any(p.requires_grad for p in net.parameters())
+
+
+def test_idm_distils_decoded_tiles_and_names_missing_experts(tiny_train, tiny_buffers, tmp_path):
+    p = {"iterations": 3, "batch_real": 3, "max_epoch": 2}
+    syn = methods.distill("idm", tiny_train, ipc=1, params=p, seed=0, data_root=tiny_buffers)
+    init = methods.distill("idm", tiny_train, ipc=1, params={**p, "iterations": 0}, seed=0, data_root=tiny_buffers)
+    assert syn.images.shape == (40, 1, 28, 28) and sorted(syn.labels.tolist()) == [c for c in range(10) for _ in range(4)]
+    assert syn.provenance["storage"]["stored_images"] == 10 and syn.provenance["storage"]["decoded_images"] == 40
+    assert not torch.equal(syn.images, init.images)
+    assert all(math.isfinite(v) for _, v in syn.provenance["loss_history"])
+    with pytest.raises(ValueError, match="train longer experts"):
+        methods.distill("idm", tiny_train, ipc=1, params={**p, "max_epoch": 99}, seed=0, data_root=tiny_buffers)
+    with pytest.raises(FileNotFoundError, match="dvc repro buffers@plain-fashion_mnist"):
+        methods.distill("idm", tiny_train, ipc=1, params=p, seed=0, data_root=tmp_path)
+    with pytest.raises(ValueError, match="invalid IDM config"):
+        idm.Config(ce_weight=-1.0)
+
+
+# ---------------------------------------------------------------- NCFM: characteristic-function matching
+from ddlib.methods import ncfm  # noqa: E402
+
+
+def test_cf_loss_by_hand():
+    t = torch.tensor([[1.0], [2.0]])
+    real, syn = torch.tensor([[0.0], [math.pi / 2]]), torch.tensor([[0.0]])
+    # Phi_T(1) = (1 + i) / 2, Phi_T(2) = (1 - 1) / 2 = 0; Phi_S = 1 at both frequencies
+    amp_r, amp_s = [math.sqrt(0.5), 0.0], [1.0, 1.0]
+    phase = [2 * (amp_r[0] - 0.5), 1e-12]          # |T||S| - Re T Re S - Im T Im S; the second clamped
+    expected = sum(math.sqrt(0.5 * (a - b) ** 2 + 0.5 * p) for a, b, p in zip(amp_r, amp_s, phase)) / 2
+    assert ncfm.cf_loss(real, syn, t, 0.5, 0.5).item() == pytest.approx(expected, rel=1e-5)
+    assert ncfm.cf_loss(real, real, t, 0.5, 0.5).item() == pytest.approx(math.sqrt(0.5e-12), abs=1e-6)
+    re, im = ncfm.characteristic(t, real)
+    assert re.tolist() == pytest.approx([0.5, 0.0], abs=1e-6) and im.tolist() == pytest.approx([0.5, 0.0], abs=1e-6)
+
+
+def test_ncfm_feature_net_interpolates_one_experts_ends(tiny_train, tiny_buffers):
+    cfg = ncfm.Config(batch_real=3)
+    pool = pools.load(tiny_train, buffer="plain", model="convnet", data_root=tiny_buffers)
+    net, trained = ncfm.feature_nets(pool, tiny_train, cfg, torch.Generator().manual_seed(0), torch.device("cpu"))
+    w0, w1 = pool.at(0, 0, -1)
+    flat = torch.nn.utils.parameters_to_vector(net.parameters())
+    assert torch.equal(torch.nn.utils.parameters_to_vector(trained.parameters()), w1)
+    lam = ((flat - w1) @ (w0 - w1) / (w0 - w1).pow(2).sum()).item()       # flat = lam w0 + (1 - lam) w1
+    assert 0.0 <= lam <= 1.0 and torch.allclose(flat, lam * w0 + (1 - lam) * w1, atol=1e-5)
+
+
+def test_ncfm_distils_decoded_tiles_and_names_missing_experts(tiny_train, tiny_buffers, tmp_path):
+    p = {"iterations": 3, "batch_real": 3, "num_freqs": 16}
+    syn = methods.distill("ncfm", tiny_train, ipc=1, params=p, seed=0, data_root=tiny_buffers)
+    init = methods.distill("ncfm", tiny_train, ipc=1, params={**p, "iterations": 0}, seed=0, data_root=tiny_buffers)
+    assert syn.images.shape == (40, 1, 28, 28) and syn.provenance["storage"]["decoded_images"] == 40
+    assert not torch.equal(syn.images, init.images)
+    assert all(math.isfinite(v) for _, v in syn.provenance["loss_history"])
+    with pytest.raises(FileNotFoundError, match="dvc repro buffers@plain-fashion_mnist"):
+        methods.distill("ncfm", tiny_train, ipc=1, params=p, seed=0, data_root=tmp_path)
+    with pytest.raises(ValueError, match="invalid NCFM config"):
+        ncfm.Config(num_freqs=0)

@@ -59,13 +59,15 @@ def test_a_method_never_depends_on_another_familys_module():
         # other networks, CAFE+DSA is CAFE); FTD, TESLA and DATM are MTT with changes; SLDD is DD with labels;
         # GLaD applies DC's, DM's or MTT's loss in latent space, IT-GAN is GLaD started by GAN inversion, HaBa
         # matches MTT's trajectories with hallucinated images, KFS applies DM's loss to decoded codes, DataDAM adds
-        # attention terms to DM's (its classes and draws), M3D a kernel MMD on DM's draws
+        # attention terms to DM's (its classes and draws), M3D a kernel MMD on DM's draws, IDM DM's distance on its
+        # draws; NCFM takes IDC's augmentation and pixel clamp
         dc, idc, cafe, dd, glad = ({f"ddlib/methods/{x}.py"} for x in ("dc", "idc", "cafe", "dd", "glad"))
         objectives = {f"ddlib/methods/{x}.py" for x in ("dc", "dm", "mtt")}
         allowed = {"dsa": dc, "dcc": dc, "idc": dc, "cafe": dc, "accdd": dc | idc, "cafe_dsa": dc | cafe, "sldd": dd,
                    "glad": objectives, "itgan": objectives | glad, "haba": {"ddlib/methods/mtt.py"},
                    "kfs": {"ddlib/methods/dm.py"}, "datadam": {"ddlib/methods/dm.py"},
-                   "m3d": {"ddlib/methods/dm.py"},
+                   "m3d": {"ddlib/methods/dm.py"}, "idm": {"ddlib/methods/dm.py"},
+                   "ncfm": dc | idc,
                    **{tm: {"ddlib/methods/mtt.py"} for tm in ("ftd", "tesla", "datm")}}.get(m, set())
         assert files[m] & others == allowed, m
     assert "ddlib/methods/coreset.py" in files["herding"] and "ddlib/methods/coreset.py" not in files["dm"]
@@ -148,7 +150,7 @@ def test_manifests_are_byte_stable_and_outdated_names_what_changed(scratch):
     changed = sources.outdated(root, lock)
     # the gradient-matching family imports it, and so do the latent-space methods that can run its loss; the
     # inputs stage asks every method module what it reads (cheap)
-    family = ("dc", "dsa", "dcc", "idc", "accdd", "cafe", "cafe_dsa", "glad", "itgan")
+    family = ("dc", "dsa", "dcc", "idc", "accdd", "cafe", "cafe_dsa", "glad", "itgan", "ncfm")   # ncfm: through idc
     assert set(changed) == {f"distill@{m}-x-1" for m in family} | {"inputs-x-1"}
     assert changed["distill@dc-x-1"] == "source changed: ddlib/methods/dc.py"
 

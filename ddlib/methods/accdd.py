@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .. import experts, loop, multiformation, nets, params, unroll
+from .. import experts, loop, multiformation, nets, params, pools, unroll
 from ..data import LabeledImages
 from ..synset import SyntheticSet
 from . import idc
@@ -46,18 +46,12 @@ class Config(idc.Config):
 
 
 def inputs(cfg, *, dataset: str, ipc: int, data_root: str | Path) -> list[Path]:
-    return [Path(data_root) / dataset / "buffers" / cfg.buffer / "index.json"]
+    return pools.inputs(cfg.buffer, dataset, data_root)
 
 
 def load_pool(real: LabeledImages, cfg: Config, data_root) -> experts.Buffers:
     """The experts, checked to reach epoch pt_from; fails before any work."""
-    stage = f"buffers@{cfg.buffer}-{real.spec.name}"
-    pool = experts.load(Path(data_root) / real.spec.name / "buffers" / cfg.buffer, dataset=real.spec.name,
-                        zca=False, model=cfg.model, stage=stage)
-    if cfg.pt_from > pool.epochs:
-        raise ValueError(f"pt_from={cfg.pt_from} but the experts of {stage} end at epoch {pool.epochs}; "
-                         "lower pt_from or train longer experts")
-    return pool
+    return pools.load(real, buffer=cfg.buffer, model=cfg.model, data_root=data_root, epoch=cfg.pt_from, name="pt_from")
 
 
 def filter_normalised(p: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from .. import augment, loop, nets, params
 from ..data import LabeledImages, _channel_stats
-from ..multiformation import check_tiling, decode, storage
+from ..multiformation import check_tiling, decode, real_tiles, storage
 from ..synset import SyntheticSet
 from . import dc
 
@@ -168,16 +168,9 @@ def step(state: loop.State, real: LabeledImages, cfg: Config,
 def setup(state: loop.State, real: LabeledImages, cfg) -> None:
     """Tile-wise real init (f^2 real images, nearest-downsampled, per stored image) and IDC's pixel-unit step
     size: the gradient of a normalised image is scaled by 1/std^2 (per channel) before the SGD step."""
-    spec, f = real.spec, cfg.factor
-    if cfg.init == "real" and f > 1:
-        ipc, (h, w) = len(state.x_syn) // spec.num_classes, spec.im_size
-        with torch.no_grad():
-            for c in range(spec.num_classes):
-                x = real.sample_class(c, ipc * f * f, state.gen).to(state.x_syn.device)
-                x = F.interpolate(x, size=(h // f, w // f)).view(f, f, ipc, spec.channels, h // f, w // f)
-                block = x.permute(2, 3, 0, 4, 1, 5).reshape(ipc, spec.channels, h, w)
-                state.x_syn[c * ipc:(c + 1) * ipc] = block
-    _, std = _channel_stats(spec, state.x_syn)
+    if cfg.init == "real" and cfg.factor > 1:
+        real_tiles(state.x_syn, real, cfg.factor, state.gen)
+    _, std = _channel_stats(real.spec, state.x_syn)
     state.x_syn.register_hook(lambda g: g / std ** 2)
 
 
