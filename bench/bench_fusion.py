@@ -10,7 +10,7 @@ Units (Fashion-MNIST shapes, ConvNet, batch = the whole set as the evaluation pr
 Each pair alternates in one process, median of `--repeats` after a warm-up; ratios > 1 mean the candidate is
 faster. Writes bench/results-fusion-<device>.json. Never used in tests.
 
-    python bench/bench_fusion.py [--k 2 5] [--repeats 5]
+    python bench/bench_fusion.py [--k 2 5] [--repeats 5] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -70,23 +70,33 @@ class Stacked(nn.Module):
         return torch.baddbmm(self.head_b.unsqueeze(1), feats, self.head_w.transpose(1, 2))
 
 
+DEVICE = torch.device("cpu")   # main() sets it from --device
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def median_pair(a, b, repeats: int) -> tuple[float, float]:
     a(), b()
     ta, tb = [], []
     for _ in range(repeats):
         for fn, out in ((a, ta), (b, tb)):
+            sync()
             start = time.perf_counter()
             fn()
+            sync()
             out.append(time.perf_counter() - start)
     return statistics.median(ta), statistics.median(tb)
 
 
 def stacked_units(k: int, n: int, test: torch.Tensor | None, repeats: int) -> list[dict]:
     """One SGD step of k models, stacked vs sequential; and their test pass over `test` unless it is None."""
-    models = [nets.make_net("convnet", 1, 10, (28, 28), seed=i) for i in range(k)]
-    stacked = Stacked(copy.deepcopy(models))
-    xs = [torch.randn(n, 1, 28, 28) for _ in range(k)]
-    y = torch.arange(n) % 10
+    models = [nets.make_net("convnet", 1, 10, (28, 28), seed=i).to(DEVICE) for i in range(k)]
+    stacked = Stacked(copy.deepcopy(models)).to(DEVICE)
+    xs = [torch.randn(n, 1, 28, 28).to(DEVICE) for _ in range(k)]
+    y = torch.arange(n, device=DEVICE) % 10
     opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4) for m in models]
     opt_s = torch.optim.SGD(stacked.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     xcat = torch.cat(xs, 1)
@@ -121,12 +131,12 @@ def stacked_units(k: int, n: int, test: torch.Tensor | None, repeats: int) -> li
 
 
 def bf16_unit(n: int, repeats: int) -> dict:
-    net = nets.make_net("convnet", 1, 10, (28, 28), seed=0)
-    x, y = torch.randn(n, 1, 28, 28), torch.arange(n) % 10
+    net = nets.make_net("convnet", 1, 10, (28, 28), seed=0).to(DEVICE)
+    x, y = torch.randn(n, 1, 28, 28).to(DEVICE), torch.arange(n, device=DEVICE) % 10
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
 
     def step(bf16: bool):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(net(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -138,7 +148,7 @@ def bf16_unit(n: int, repeats: int) -> dict:
 
 
 def layout_unit(test: torch.Tensor, repeats: int) -> dict:
-    net = nets.make_net("convnet", 1, 10, (28, 28), seed=0).eval()
+    net = nets.make_net("convnet", 1, 10, (28, 28), seed=0).to(DEVICE).eval()
     cl = copy.deepcopy(net).to(memory_format=torch.channels_last)
     tcl = test.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
@@ -152,11 +162,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=int, nargs="+", default=[2, 5], help="models per stack (quick: 2, paper: 5 seeds)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     args = parser.parse_args()
     runtime.set_threads()
-    device = torch.device("cpu")
+    global DEVICE
+    DEVICE = device = runtime.resolve_device(args.device)
     torch.manual_seed(0)
-    test = torch.randn(2000, 1, 28, 28)
+    test = torch.randn(2000, 1, 28, 28).to(device)
     rows = []
     for k in args.k:
         for n in (10, 100):
