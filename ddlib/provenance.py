@@ -84,7 +84,9 @@ def record(device: torch.device) -> dict:
            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     if device.type == "cuda":
         out.update(bit_reproducible=False, cudnn_deterministic=torch.backends.cudnn.deterministic,
-                   cudnn_benchmark=torch.backends.cudnn.benchmark)
+                   cudnn_benchmark=torch.backends.cudnn.benchmark,
+                   # TF32 (10-bit mantissas) moves a DM step's images ~1e-2 from fp32's (README, GPU)
+                   tf32_conv=torch.backends.cudnn.allow_tf32, tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
     else:
         out["bit_reproducible"] = True
     return out

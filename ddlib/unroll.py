@@ -119,7 +119,7 @@ def adjoint(fnet: FlatNet, w0: torch.Tensor, x: torch.Tensor, y: torch.Tensor, l
     w_end = ws[-1].requires_grad_(True)
     value = loss(w_end)
     (lam,) = torch.autograd.grad(value, w_end)
-    lam_end, grad_x, grad_lr = lam, torch.zeros_like(x), torch.zeros(())
+    lam_end, grad_x, grad_lr = lam, torch.zeros_like(x), torch.zeros((), device=x.device)
     x_leaf = x.detach().requires_grad_(True)
     for i in reversed(range(len(p.batches))):
         w = ws[i].requires_grad_(True)
