@@ -663,6 +663,7 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
               *continual.markdown(cl_records, dataset, cl_methods, cl_ipcs, stale), "## Figures",
               "", f"![accuracy vs IPC](figures/{dataset}_acc_vs_ipc.png)", "",
               f"Distillation and evaluation cost: [costs/{dataset}.md](costs/{dataset}.md).", ""]
+        written += continual.figures_of(cl_records, dataset, cl_methods, cl_ipcs, out / "figures", stale)
         summaries = [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob(f"buffers/*-{dataset}.json"))]
         recipes = grid.get("buffers", []) if grid else None
         summaries = [s for s in summaries if s["dataset"] == dataset and (recipes is None or s["name"] in recipes)]

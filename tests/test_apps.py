@@ -69,3 +69,17 @@ def test_settings_and_grid_check():
         params.check_grid(bad)
     assert "grid.continual: 'foo' is not in grid.methods" in str(err.value)
     assert "continual.steps: 3 does not split the 10 classes of fashion_mnist" in str(err.value)
+
+
+def test_report_section_marks_missing_and_stale_cells(tmp_path):
+    rec = {"method": "dm", "dataset": "fashion_mnist", "ipc": 10, "steps": 2, "orders": [[0, 1]],
+           "mean": [91.25, 80.0], "std": [0.5, 1.0]}
+    records = {"dm-fashion_mnist-10": rec, "dsa-fashion_mnist-10": {**rec, "method": "dsa"}}
+    md = "\n".join(continual.markdown(records, "fashion_mnist", ["random", "dm", "dsa"], [1, 10],
+                                      {"continual@dsa-fashion_mnist-10": "changed deps"}))
+    assert "| random | not run | not run |" in md and "| dm | 91.2 ± 0.5 | 80.0 ± 1.0 |" in md
+    assert "| dsa | stale | stale |" in md and "IPC 1 " not in md      # no IPC-1 result at all: no table
+    paths = continual.figures_of(records, "fashion_mnist", ["random", "dm", "dsa"], [1, 10], tmp_path,
+                                 {"continual@dsa-fashion_mnist-10": "changed deps"})
+    assert [p.name for p in paths] == ["fashion_mnist_continual_10.png"] and paths[0].stat().st_size > 0
+    assert continual.markdown(records, "cifar10", ["dm"], [10], None) == []

@@ -118,5 +118,18 @@ def markdown(records: dict[str, dict], dataset: str, methods: list[str], ipcs: l
                 out.append(f"| {m} | " + " | ".join(["stale" if why else "not run"] * steps) + " |")
             else:
                 out.append(f"| {m} | " + " | ".join(f"{a:.1f} ± {s:.1f}" for a, s in zip(r["mean"], r["std"])) + " |")
-        out.append("")
+        out += ["", f"![continual IPC {ipc}](figures/{dataset}_continual_{ipc}.png)", ""]
     return out
+
+
+def figures_of(records: dict[str, dict], dataset: str, methods: list[str], ipcs: list[int], out_dir: Path,
+               stale: dict[str, str] | None) -> list[Path]:
+    """reports/figures/<dataset>_continual_<ipc>.png for each IPC with results (stale cells left out)."""
+    from .. import figures, results
+    written = []
+    for ipc in ipcs:
+        keys = [results.key(m, dataset, ipc) for m in methods]
+        rows = [records[k] for k in keys if k in records and not (stale or {}).get(f"continual@{k}")]
+        if rows:
+            written.append(figures.plot_continual(rows, dataset, ipc, out_dir / f"{dataset}_continual_{ipc}.png"))
+    return written
