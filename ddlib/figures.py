@@ -159,6 +159,20 @@ def plot_expert_curves(index: dict, path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def plot_continual(records: list[dict], dataset: str, ipc: int, path: str | Path) -> Path:
+    """Accuracy on the seen classes after each step (continual stage), one line per method, ± std as a band."""
+    fig, ax = _new_axes()
+    for r in records:
+        steps = np.arange(1, len(r["mean"]) + 1)
+        mean, std = np.array(r["mean"]), np.array(r["std"])
+        ax.plot(steps, mean, marker="o", label=r["method"])
+        ax.fill_between(steps, mean - std, mean + std, alpha=0.15)
+    ax.set(xlabel="step (classes seen so far)", ylabel="test accuracy on seen classes (%)", xticks=steps,
+           title=f"{DATASET_NAMES.get(dataset, dataset)}: class-incremental, memory {ipc} image(s) per class")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
 def plot_unroll(rows: list[dict], path: str | Path) -> Path:
     """bench/bench_unroll.py's measurements: peak memory and time per iteration against the unroll length."""
     with _sns().axes_style("whitegrid"):

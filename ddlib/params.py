@@ -106,7 +106,7 @@ def check_grid(all_params: dict, root: str | Path = ".") -> None:
     if profile not in PROFILES:
         problems.append(f"profile {profile!r} is not one of {list(PROFILES)}")
     grid = all_params.get("grid") or {}
-    for key in ("datasets", "methods", "ipcs", "buffers", "generators", "teachers", "xarch", "kd"):
+    for key in ("datasets", "methods", "ipcs", "buffers", "generators", "teachers", "xarch", "kd", "continual"):
         if not isinstance(grid.get(key), list) or not grid[key]:
             problems.append(f"grid.{key} must be a non-empty list (the report reads every stage family's results)")
     grid = {k: v if isinstance(v, list) else [] for k, v in grid.items()}
@@ -127,7 +127,7 @@ def check_grid(all_params: dict, root: str | Path = ".") -> None:
         for name in grid.get(kind, []):
             if name not in (all_params.get(kind) or {}):
                 problems.append(f"grid.{kind}: no recipe {name!r}; recipes: {sorted(all_params.get(kind) or {})}")
-    for kind in ("xarch", "kd"):
+    for kind in ("xarch", "kd", "continual"):
         for name in grid.get(kind, []):
             if name not in grid.get("methods", []):
                 problems.append(f"grid.{kind}: {name!r} is not in grid.methods (the {kind} stage trains on its sets)")
@@ -140,6 +140,14 @@ def check_grid(all_params: dict, root: str | Path = ".") -> None:
     except (KeyError, ValueError, TypeError) as err:
         problems.append(f"kd section: {err}")
         nets_to_check = []
+    try:
+        steps = int(resolve(all_params["continual"], profile)["steps"])
+        for name in grid.get("datasets", []):
+            if name in data.available() and (steps < 1 or data.get_spec(name).num_classes % steps):
+                problems.append(f"continual.steps: {steps} does not split the {data.get_spec(name).num_classes} "
+                                f"classes of {name} into equal groups")
+    except (KeyError, ValueError, TypeError) as err:
+        problems.append(f"continual section: {err}")
     try:
         nets_to_check.append(("evaluation.model", resolve(all_params["evaluation"], profile)["model"]))
         nets_to_check += [("xarch.archs", a) for a in resolve(all_params["xarch"], profile)["archs"]]

@@ -28,6 +28,7 @@ from types import SimpleNamespace
 import torch
 
 from . import figures, results
+from .apps import continual
 from .figures import DATASET_NAMES
 from .published import DATASETS as PUBLISHED_DATASETS
 from .published import IPCS as PUBLISHED_IPCS
@@ -35,6 +36,7 @@ from .published import METHODS as PUBLISHED_METHODS
 from .published import SOFT_TRACK, method_rank, published, published_own, published_xarch, xarch_rows
 
 MAX_LOSS_POINTS = 500   # per cell in reports/plots/loss.json (the paper profile logs 20,000 iterations)
+APPLIED = ("xarch", "kd", "continual")   # stage families over some methods' sets: grid.<kind> x datasets x IPCs
 
 
 def grid_cells(grid: dict) -> list[tuple[str, str, int]]:
@@ -46,7 +48,7 @@ def stages(grid: dict) -> list[str]:
     """The DVC stages behind the report's numbers: each cell's distill and evaluate, the cross-architecture
     evaluations, the expert buffers and the generators."""
     cells = [f"{stage}@{results.key(*cell)}" for cell in grid_cells(grid) for stage in ("distill", "evaluate")]
-    cells += [f"{kind}@{results.key(m, d, i)}" for kind in ("xarch", "kd")
+    cells += [f"{kind}@{results.key(m, d, i)}" for kind in APPLIED
               for m, d, i in grid_cells({**grid, "methods": grid.get(kind, [])})]
     return cells + [f"{kind}@{r}-{d}" for kind in ("buffers", "generators", "teachers") for r in grid.get(kind, [])
                     for d in grid["datasets"]]
@@ -630,6 +632,7 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
     rows = rows_for(collected, cells, stale)
     xrecords = results.read_all(Path(results_dir) / "xarch", "xarch.json")
     kd_records = results.read_all(Path(results_dir) / "kd", "kd.json")
+    cl_records = results.read_all(Path(results_dir) / "continual", "continual.json")
     written = plot_data(rows, out / "plots")
     index = ["# Reports", ""]
     for dataset in sorted({r["dataset"] for r in rows}, key=lambda d: list(DATASET_NAMES).index(d)
@@ -646,6 +649,8 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
                   for k, syn in sets.items()}
         xmethods = grid.get("xarch", []) if grid else sorted({r["method"] for r in xrecords.values()})
         kd_methods = grid.get("kd", []) if grid else sorted({r["method"] for r in kd_records.values()})
+        cl_methods = grid.get("continual", []) if grid else sorted({r["method"] for r in cl_records.values()})
+        cl_ipcs = [int(i) for i in grid["ipcs"]] if grid else sorted({r["ipc"] for r in cl_records.values()})
         taught = [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob(f"teachers/*-{dataset}.json"))]
         taught = [t for t in taught if t["dataset"] == dataset and (grid is None or t["name"] in grid.get("teachers", []))]
         fresh = [t for t in taught if not (stale and f"teachers@{t['name']}-{dataset}" in stale)]
@@ -654,9 +659,11 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
               *soft_markdown(rows, kd_records, dataset, kd_methods, stale),
               *lrs_markdown(rows, kd_records, dataset, fresh[0]["test_acc"][-1] if fresh else None,
                             fresh[0]["name"] if fresh else None),
-              *storage_markdown(rows, dataset, stored), "## Figures",
+              *storage_markdown(rows, dataset, stored),
+              *continual.markdown(cl_records, dataset, cl_methods, cl_ipcs, stale), "## Figures",
               "", f"![accuracy vs IPC](figures/{dataset}_acc_vs_ipc.png)", "",
               f"Distillation and evaluation cost: [costs/{dataset}.md](costs/{dataset}.md).", ""]
+        written += continual.figures_of(cl_records, dataset, cl_methods, cl_ipcs, out / "figures", stale)
         summaries = [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob(f"buffers/*-{dataset}.json"))]
         recipes = grid.get("buffers", []) if grid else None
         summaries = [s for s in summaries if s["dataset"] == dataset and (recipes is None or s["name"] in recipes)]
@@ -728,17 +735,16 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
 
 def missing(results_dir: str | Path, grid: dict, profile: str) -> list[str]:
     """The stages of the grid whose result is absent or of another profile: `distill@<key>`, `evaluate@<key>`,
-    `xarch@<key>`, `kd@<key>`, each with the profile it has when it has one."""
+    `xarch@<key>`, `kd@<key>`, `continual@<key>`, each with the profile it has when it has one."""
     collected = results.collect(results_dir)
-    xrecords = results.read_all(Path(results_dir) / "xarch", "xarch.json")
-    kd_records = results.read_all(Path(results_dir) / "kd", "kd.json")
     out = []
     for method, dataset, ipc in grid_cells(grid):
         k, r = results.key(method, dataset, ipc), collected.get(results.key(method, dataset, ipc)) or {}
         for stage, has in (("distill", r.get("distill_profile")), ("evaluate", r.get("eval_profile"))):
             if has != profile:
                 out.append(f"{stage}@{k}" + (f" (has {has})" if has else ""))
-    for kind, records in (("xarch", xrecords), ("kd", results.read_all(Path(results_dir) / "kd", "kd.json"))):
+    for kind in APPLIED:
+        records = results.read_all(Path(results_dir) / kind, f"{kind}.json")
         for method, dataset, ipc in grid_cells({**grid, "methods": grid.get(kind, [])}):
             k = results.key(method, dataset, ipc)
             if (has := (records.get(k) or {}).get("profile")) != profile:
@@ -760,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = params.check_profile(args.profile or all_params.get("profile", "quick"))
     grid = all_params["grid"]
     gone = missing(args.results, grid, profile)
-    total = len(grid_cells(grid)) * 2 + sum(len(grid_cells({**grid, "methods": grid.get(k, [])})) for k in ("xarch", "kd"))
+    total = len(grid_cells(grid)) * 2 + sum(len(grid_cells({**grid, "methods": grid.get(k, [])})) for k in APPLIED)
     print(f"{total - len(gone)} of {total} grid stages have a {profile}-profile result in {args.results}/"
           + (":" if not gone else f"; missing {len(gone)} (`dvc repro` makes them):"))
     print(*(f"  {s}" for s in gone), sep="\n")

@@ -90,7 +90,8 @@ def test_tiny_dvc_repro_end_to_end(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["profile"] = "tiny"
     params["grid"] = {"datasets": ["fashion_mnist"], "methods": list(GRID), "ipcs": [1], "buffers": ["plain", "flat"],
-                      "generators": ["dcgan"], "teachers": ["standard"], "xarch": ["dm"], "kd": ["random"]}
+                      "generators": ["dcgan"], "teachers": ["standard"], "xarch": ["dm"], "kd": ["random"],
+                      "continual": ["dm"]}
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if (ROOT / "data" / "fashion_mnist" / "raw").exists():
         shutil.copytree(ROOT / "data" / "fashion_mnist" / "raw", work / "data" / "fashion_mnist" / "raw")
@@ -116,6 +117,9 @@ def test_tiny_dvc_repro_end_to_end(tmp_path):
     soft = json.loads((work / "results" / "kd" / "random-fashion_mnist-1" / "kd.json").read_text())
     assert soft["track"] == "soft" and soft["profile"] == "tiny" and len(soft["accs"]) == 1
     assert "## Soft-label track (B)" in table and "## Teachers" in table and "## Label robustness" in table
+    cl = json.loads((work / "results" / "continual" / "dm-fashion_mnist-1" / "continual.json").read_text())
+    assert cl["profile"] == "tiny" and cl["steps"] == 2 and len(cl["mean"]) == 2 and len(cl["orders"]) == 1
+    assert "## Continual learning (class-incremental)" in table and "| dm | " in table.split("## Continual")[1]
     first = cells(work)
     check_golden({k: dict(v) for k, v in first.items()})
 
