@@ -20,7 +20,6 @@ import copy
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,7 +28,9 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from bench_units import timed  # noqa: E402
 from ddlib import nets, provenance, runtime  # noqa: E402
 
 
@@ -73,21 +74,12 @@ class Stacked(nn.Module):
 DEVICE = torch.device("cpu")   # main() sets it from --device
 
 
-def sync() -> None:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def median_pair(a, b, repeats: int) -> tuple[float, float]:
     a(), b()
     ta, tb = [], []
     for _ in range(repeats):
         for fn, out in ((a, ta), (b, tb)):
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            out.append(time.perf_counter() - start)
+            out.append(timed(fn, DEVICE))
     return statistics.median(ta), statistics.median(tb)
 
 

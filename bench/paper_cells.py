@@ -28,22 +28,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from bench_units import sync, timed  # noqa: E402
 from ddlib import augment, data, evaluate, loop, methods, nets, params, provenance, runtime  # noqa: E402
 from ddlib.train import accuracy, fit  # noqa: E402
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
 
 
 def costs(method: str, ipc: int, cfg, real, test, protocol, device) -> tuple[float, float, float]:
