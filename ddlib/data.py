@@ -351,6 +351,12 @@ def _channel_stats(spec: DatasetSpec, x: torch.Tensor) -> tuple[torch.Tensor, to
             torch.tensor(spec.std, dtype=x.dtype, device=x.device).view(shape))
 
 
+def normalize(x: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
+    """load()'s mean/std normalisation of pixels in [0, 1] (differentiable: attacks work in pixel units)."""
+    mean, std = _channel_stats(spec, x)
+    return (x - mean) / std
+
+
 def denormalize(x: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
     """Undo load()'s mean/std normalisation: back to pixels in [0, 1] (for figures)."""
     mean, std = _channel_stats(spec, x)

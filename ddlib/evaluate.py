@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from . import augment, nets, params, provenance, runtime
+from . import augment, data, nets, params, provenance, runtime
 from .data import LabeledImages
 from .synset import SyntheticSet
 from .train import accuracy, fit
@@ -72,6 +72,30 @@ def test_split(test: LabeledImages, protocol: Protocol) -> LabeledImages:
     return test.subset(protocol.test_subset, torch.Generator().manual_seed(12345)) if protocol.test_subset else test
 
 
+def trained_nets(synset: SyntheticSet, spec: data.DatasetSpec, protocol: Protocol = Protocol(), *,
+                 device: str | torch.device = "auto", seed: int = 0):
+    """Yield (net_seed, net) for each of `protocol.num_seeds` fresh nets trained on the set by the protocol, for
+    a dataset `spec` (classes, DSA strategy): `evaluate` scores each on the test split, the applications
+    (ddlib/apps) attack them."""
+    device = runtime.resolve_device(device)
+    lr = _eval_lr(synset, protocol)
+    x, y = synset.images.to(device), synset.labels.to(device)
+    strategy = spec.dsa_strategy
+    dsa = (lambda xb, gen: augment.dsa(xb, strategy, gen, siamese=False)) if protocol.dsa else None
+    epochs = protocol.train_epochs
+    for i in range(protocol.num_seeds):
+        net_seed = seed * 1000 + i
+        net = nets.make_net(protocol.model, x.shape[1], spec.num_classes, x.shape[-2:], seed=net_seed).to(device)
+        # DC's rule: without DSA a BatchNorm net still trains on augmented batches (crop or noise)
+        aug = dsa or (augment.crop_noise if nets.has_bn(net) else None)
+        gen = torch.Generator().manual_seed(net_seed)
+        losses = fit(net, x, y, epochs=epochs, lr=lr, batch_size=protocol.batch_size, momentum=protocol.momentum,
+                     weight_decay=protocol.weight_decay, decay_at=epochs // 2 + 1, aug=aug, gen=gen)
+        if not math.isfinite(losses[-1]):
+            raise FloatingPointError(f"evaluation training diverged (loss {losses[-1]}) for seed {net_seed}")
+        yield net_seed, net
+
+
 def evaluate(synset: SyntheticSet, test: LabeledImages, protocol: Protocol = Protocol(), *,
              device: str | torch.device = "auto", seed: int = 0, progress=None) -> dict:
     """Train `protocol.num_seeds` fresh nets on the set; returns accs (percent), mean, std and provenance."""
@@ -85,21 +109,8 @@ def evaluate(synset: SyntheticSet, test: LabeledImages, protocol: Protocol = Pro
                          f"zca.load_split(..., whiten={synset.zca})")
     test = test_split(test, protocol)
     x_test, y_test = test.x.to(device), test.y.to(device)
-    x, y = synset.images.to(device), synset.labels.to(device)
-    strategy = test.spec.dsa_strategy
-    dsa = (lambda xb, gen: augment.dsa(xb, strategy, gen, siamese=False)) if protocol.dsa else None
-    epochs = protocol.train_epochs
     accs, start = [], time.perf_counter()
-    for i in range(protocol.num_seeds):
-        net_seed = seed * 1000 + i
-        net = nets.make_net(protocol.model, x.shape[1], test.spec.num_classes, x.shape[-2:], seed=net_seed).to(device)
-        # DC's rule: without DSA a BatchNorm net still trains on augmented batches (crop or noise)
-        aug = dsa or (augment.crop_noise if nets.has_bn(net) else None)
-        gen = torch.Generator().manual_seed(net_seed)
-        losses = fit(net, x, y, epochs=epochs, lr=lr, batch_size=protocol.batch_size, momentum=protocol.momentum,
-                     weight_decay=protocol.weight_decay, decay_at=epochs // 2 + 1, aug=aug, gen=gen)
-        if not math.isfinite(losses[-1]):
-            raise FloatingPointError(f"evaluation training diverged (loss {losses[-1]}) for seed {net_seed}")
+    for i, (_, net) in enumerate(trained_nets(synset, test.spec, protocol, device=device, seed=seed)):
         accs.append(accuracy(net, x_test, y_test))
         if progress:
             progress(i, accs[-1])
@@ -107,5 +118,5 @@ def evaluate(synset: SyntheticSet, test: LabeledImages, protocol: Protocol = Pro
             "synset_sha256": synset.content_hash(), "accs": accs,
             "mean": statistics.fmean(accs), "std": statistics.pstdev(accs),
             "seeds": [seed * 1000 + i for i in range(protocol.num_seeds)],
-            "protocol": {**asdict(protocol), "epochs": epochs, "lr": lr, "test_images": len(x_test)},
+            "protocol": {**asdict(protocol), "epochs": protocol.train_epochs, "lr": lr, "test_images": len(x_test)},
             "wall_time_s": time.perf_counter() - start, **provenance.record(device)}

@@ -173,6 +173,32 @@ def plot_continual(records: list[dict], dataset: str, ipc: int, path: str | Path
     return _save(fig, path)
 
 
+def plot_robustness(records: list[dict], dataset: str, path: str | Path) -> Path:
+    """Accuracy against the L-inf budget eps (0 = clean; robustness stage), one panel per IPC, a colour per
+    method: FGSM solid, PGD dashed (the strongest setting at each eps)."""
+    ipcs = sorted({r["ipc"] for r in records})
+    with _sns().axes_style("whitegrid"):
+        fig = Figure(figsize=(4.5 * len(ipcs), 3.6), dpi=100)
+        axes = np.atleast_1d(fig.subplots(1, len(ipcs), sharey=True))
+    for ax, ipc in zip(axes, ipcs):
+        for i, r in enumerate(r for r in records if r["ipc"] == ipc):
+            for kind, style in (("fgsm", "-"), ("pgd", "--")):
+                worst: dict[float, float] = {}
+                for k, acc in r["mean"].items():
+                    if k.startswith(kind + " "):
+                        eps = float(k.split()[1].split("/")[0])
+                        worst[eps] = min(acc, worst.get(eps, acc))
+                eps = [0.0, *sorted(worst)]
+                ax.plot(eps, [r["mean"]["clean"], *(worst[e] for e in eps[1:])], style, marker="o", color=f"C{i}",
+                        label=f"{r['method']} {kind.upper()}")
+        ax.set(xlabel="eps (/255)", title=f"IPC {ipc}")
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[-1].legend(fontsize="x-small")
+    fig.suptitle(f"{DATASET_NAMES.get(dataset, dataset)}: accuracy under L-inf attacks")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_unroll(rows: list[dict], path: str | Path) -> Path:
     """bench/bench_unroll.py's measurements: peak memory and time per iteration against the unroll length."""
     with _sns().axes_style("whitegrid"):

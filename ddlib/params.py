@@ -21,6 +21,9 @@ from pathlib import Path
 import yaml
 
 PROFILES = ("paper", "quick", "tiny")
+# stage families over some methods' sets (grid.<kind> x datasets x IPCs): cross-architecture, the soft-label
+# track and the applications (ddlib/apps)
+APPLIED = ("xarch", "kd", "continual", "robustness", "privacy")
 
 
 def load(path: str | Path = "params.yaml") -> dict:
@@ -106,7 +109,7 @@ def check_grid(all_params: dict, root: str | Path = ".") -> None:
     if profile not in PROFILES:
         problems.append(f"profile {profile!r} is not one of {list(PROFILES)}")
     grid = all_params.get("grid") or {}
-    for key in ("datasets", "methods", "ipcs", "buffers", "generators", "teachers", "xarch", "kd", "continual"):
+    for key in ("datasets", "methods", "ipcs", "buffers", "generators", "teachers", *APPLIED):
         if not isinstance(grid.get(key), list) or not grid[key]:
             problems.append(f"grid.{key} must be a non-empty list (the report reads every stage family's results)")
     grid = {k: v if isinstance(v, list) else [] for k, v in grid.items()}
@@ -127,10 +130,13 @@ def check_grid(all_params: dict, root: str | Path = ".") -> None:
         for name in grid.get(kind, []):
             if name not in (all_params.get(kind) or {}):
                 problems.append(f"grid.{kind}: no recipe {name!r}; recipes: {sorted(all_params.get(kind) or {})}")
-    for kind in ("xarch", "kd", "continual"):
+    for kind in APPLIED:
         for name in grid.get(kind, []):
             if name not in grid.get("methods", []):
                 problems.append(f"grid.{kind}: {name!r} is not in grid.methods (the {kind} stage trains on its sets)")
+    if not isinstance(grid.get("privacy_ipcs"), list) or not set(grid["privacy_ipcs"]) <= set(grid.get("ipcs", [])):
+        problems.append(f"grid.privacy_ipcs must be a list within grid.ipcs {grid.get('ipcs')} (the privacy stage reads "
+                        f"those IPCs' sets), got {grid.get('privacy_ipcs')!r}")
     try:
         kd_cfg = resolve(all_params["kd"], profile)
         if kd_cfg["teacher"] not in grid.get("teachers", []):
@@ -148,6 +154,20 @@ def check_grid(all_params: dict, root: str | Path = ".") -> None:
                                 f"classes of {name} into equal groups")
     except (KeyError, ValueError, TypeError) as err:
         problems.append(f"continual section: {err}")
+    try:
+        from .apps import robustness
+        robustness.settings(all_params, profile)
+    except (KeyError, ValueError, TypeError) as err:
+        problems.append(f"robustness section: {err}")
+    try:
+        from .apps import privacy
+        cfg, _ = privacy.settings(all_params, profile)
+        largest = max([i for i in grid.get("privacy_ipcs", []) if isinstance(i, int)] or [1])
+        if int(cfg["population"]) < 2 * largest:
+            problems.append(f"privacy.population: {cfg['population']} images per class cannot give each model's half "
+                            f"grid.privacy_ipcs' largest IPC {largest} (it must be >= 2 x IPC)")
+    except (KeyError, ValueError, TypeError) as err:
+        problems.append(f"privacy section: {err}")
     try:
         nets_to_check.append(("evaluation.model", resolve(all_params["evaluation"], profile)["model"]))
         nets_to_check += [("xarch.archs", a) for a in resolve(all_params["xarch"], profile)["archs"]]

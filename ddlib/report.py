@@ -27,8 +27,8 @@ from types import SimpleNamespace
 
 import torch
 
-from . import figures, results
-from .apps import continual
+from . import figures, params, results
+from .apps import continual, privacy, robustness
 from .figures import DATASET_NAMES
 from .published import DATASETS as PUBLISHED_DATASETS
 from .published import IPCS as PUBLISHED_IPCS
@@ -36,7 +36,7 @@ from .published import METHODS as PUBLISHED_METHODS
 from .published import SOFT_TRACK, method_rank, published, published_own, published_xarch, xarch_rows
 
 MAX_LOSS_POINTS = 500   # per cell in reports/plots/loss.json (the paper profile logs 20,000 iterations)
-APPLIED = ("xarch", "kd", "continual")   # stage families over some methods' sets: grid.<kind> x datasets x IPCs
+APPLIED = params.APPLIED   # stage families over some methods' sets: grid.<kind> x datasets x IPCs
 
 
 def grid_cells(grid: dict) -> list[tuple[str, str, int]]:
@@ -44,12 +44,18 @@ def grid_cells(grid: dict) -> list[tuple[str, str, int]]:
     return [(m, d, int(i)) for m in grid["methods"] for d in grid["datasets"] for i in grid["ipcs"]]
 
 
+def applied_cells(grid: dict, kind: str) -> list[tuple[str, str, int]]:
+    """The cells of an APPLIED stage family: grid.<kind> x datasets x IPCs (grid.<kind>_ipcs where the grid has one:
+    privacy_ipcs)."""
+    return grid_cells({**grid, "methods": grid.get(kind, []), "ipcs": grid.get(f"{kind}_ipcs", grid["ipcs"])})
+
+
 def stages(grid: dict) -> list[str]:
     """The DVC stages behind the report's numbers: each cell's distill and evaluate, the cross-architecture
     evaluations, the expert buffers and the generators."""
     cells = [f"{stage}@{results.key(*cell)}" for cell in grid_cells(grid) for stage in ("distill", "evaluate")]
-    cells += [f"{kind}@{results.key(m, d, i)}" for kind in APPLIED
-              for m, d, i in grid_cells({**grid, "methods": grid.get(kind, [])})]
+    cells += [f"{kind}@{results.key(m, d, i)}" for kind in APPLIED for m, d, i in applied_cells(grid, kind)]
+    cells += [f"privacy_real@{d}" for d in grid["datasets"]] if grid.get("privacy") else []
     return cells + [f"{kind}@{r}-{d}" for kind in ("buffers", "generators", "teachers") for r in grid.get(kind, [])
                     for d in grid["datasets"]]
 
@@ -633,6 +639,8 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
     xrecords = results.read_all(Path(results_dir) / "xarch", "xarch.json")
     kd_records = results.read_all(Path(results_dir) / "kd", "kd.json")
     cl_records = results.read_all(Path(results_dir) / "continual", "continual.json")
+    rb_records = results.read_all(Path(results_dir) / "robustness", "robustness.json")
+    mi_records = results.read_all(Path(results_dir) / "privacy", "privacy.json")
     written = plot_data(rows, out / "plots")
     index = ["# Reports", ""]
     for dataset in sorted({r["dataset"] for r in rows}, key=lambda d: list(DATASET_NAMES).index(d)
@@ -651,6 +659,11 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
         kd_methods = grid.get("kd", []) if grid else sorted({r["method"] for r in kd_records.values()})
         cl_methods = grid.get("continual", []) if grid else sorted({r["method"] for r in cl_records.values()})
         cl_ipcs = [int(i) for i in grid["ipcs"]] if grid else sorted({r["ipc"] for r in cl_records.values()})
+        rb_methods = grid.get("robustness", []) if grid else sorted({r["method"] for r in rb_records.values()})
+        rb_ipcs = [int(i) for i in grid["ipcs"]] if grid else sorted({r["ipc"] for r in rb_records.values()})
+        mi_methods = grid.get("privacy", []) if grid else sorted({r["method"] for r in mi_records.values()} - {"real"})
+        mi_ipcs = ([int(i) for i in grid.get("privacy_ipcs", grid["ipcs"])] if grid
+                   else sorted({r["ipc"] for r in mi_records.values()} - {None}))
         taught = [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob(f"teachers/*-{dataset}.json"))]
         taught = [t for t in taught if t["dataset"] == dataset and (grid is None or t["name"] in grid.get("teachers", []))]
         fresh = [t for t in taught if not (stale and f"teachers@{t['name']}-{dataset}" in stale)]
@@ -660,10 +673,14 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
               *lrs_markdown(rows, kd_records, dataset, fresh[0]["test_acc"][-1] if fresh else None,
                             fresh[0]["name"] if fresh else None),
               *storage_markdown(rows, dataset, stored),
-              *continual.markdown(cl_records, dataset, cl_methods, cl_ipcs, stale), "## Figures",
+              *continual.markdown(cl_records, dataset, cl_methods, cl_ipcs, stale),
+              *robustness.markdown(rb_records, dataset, rb_methods, rb_ipcs, stale),
+              *privacy.markdown(mi_records, dataset, mi_methods, mi_ipcs, stale), "## Figures",
               "", f"![accuracy vs IPC](figures/{dataset}_acc_vs_ipc.png)", "",
               f"Distillation and evaluation cost: [costs/{dataset}.md](costs/{dataset}.md).", ""]
         written += continual.figures_of(cl_records, dataset, cl_methods, cl_ipcs, out / "figures", stale)
+        written += robustness.figures_of(rb_records, dataset, rb_methods, rb_ipcs, out / "figures", stale)
+        written += privacy.figures_of(mi_records, dataset, mi_methods, mi_ipcs, out / "figures", stale)
         summaries = [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob(f"buffers/*-{dataset}.json"))]
         recipes = grid.get("buffers", []) if grid else None
         summaries = [s for s in summaries if s["dataset"] == dataset and (recipes is None or s["name"] in recipes)]
@@ -735,7 +752,7 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
 
 def missing(results_dir: str | Path, grid: dict, profile: str) -> list[str]:
     """The stages of the grid whose result is absent or of another profile: `distill@<key>`, `evaluate@<key>`,
-    `xarch@<key>`, `kd@<key>`, `continual@<key>`, each with the profile it has when it has one."""
+    `<kind>@<key>` for each kind of APPLIED, each with the profile it has when it has one."""
     collected = results.collect(results_dir)
     out = []
     for method, dataset, ipc in grid_cells(grid):
@@ -745,7 +762,7 @@ def missing(results_dir: str | Path, grid: dict, profile: str) -> list[str]:
                 out.append(f"{stage}@{k}" + (f" (has {has})" if has else ""))
     for kind in APPLIED:
         records = results.read_all(Path(results_dir) / kind, f"{kind}.json")
-        for method, dataset, ipc in grid_cells({**grid, "methods": grid.get(kind, [])}):
+        for method, dataset, ipc in applied_cells(grid, kind):
             k = results.key(method, dataset, ipc)
             if (has := (records.get(k) or {}).get("profile")) != profile:
                 out.append(f"{kind}@{k}" + (f" (has {has})" if has else ""))
@@ -756,7 +773,6 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m ddlib.report [--profile P]`: which cells of params.yaml's grid have no result of profile P yet
     (the report itself is the `report` stage: `dvc repro report`)."""
     import argparse
-    from . import params   # here: the report stage never needs it
     parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
     parser.add_argument("--profile", help="default: params.yaml's")
     parser.add_argument("--results", default="results", type=Path)
@@ -766,7 +782,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = params.check_profile(args.profile or all_params.get("profile", "quick"))
     grid = all_params["grid"]
     gone = missing(args.results, grid, profile)
-    total = len(grid_cells(grid)) * 2 + sum(len(grid_cells({**grid, "methods": grid.get(k, [])})) for k in APPLIED)
+    total = len(grid_cells(grid)) * 2 + sum(len(applied_cells(grid, k)) for k in APPLIED)
     print(f"{total - len(gone)} of {total} grid stages have a {profile}-profile result in {args.results}/"
           + (":" if not gone else f"; missing {len(gone)} (`dvc repro` makes them):"))
     print(*(f"  {s}" for s in gone), sep="\n")

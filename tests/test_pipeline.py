@@ -91,7 +91,8 @@ def test_tiny_dvc_repro_end_to_end(tmp_path):
     params["profile"] = "tiny"
     params["grid"] = {"datasets": ["fashion_mnist"], "methods": list(GRID), "ipcs": [1], "buffers": ["plain", "flat"],
                       "generators": ["dcgan"], "teachers": ["standard"], "xarch": ["dm"], "kd": ["random"],
-                      "continual": ["dm"]}
+                      "continual": ["dm"], "robustness": ["dm"],
+                      "privacy": ["random"], "privacy_ipcs": [1]}
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if (ROOT / "data" / "fashion_mnist" / "raw").exists():
         shutil.copytree(ROOT / "data" / "fashion_mnist" / "raw", work / "data" / "fashion_mnist" / "raw")
@@ -120,6 +121,13 @@ def test_tiny_dvc_repro_end_to_end(tmp_path):
     cl = json.loads((work / "results" / "continual" / "dm-fashion_mnist-1" / "continual.json").read_text())
     assert cl["profile"] == "tiny" and cl["steps"] == 2 and len(cl["mean"]) == 2 and len(cl["orders"]) == 1
     assert "## Continual learning (class-incremental)" in table and "| dm | " in table.split("## Continual")[1]
+    rb = json.loads((work / "results" / "robustness" / "dm-fashion_mnist-1" / "robustness.json").read_text())
+    assert rb["profile"] == "tiny" and rb["nets"] == 1 and set(rb["pgd"]) == {"8/2/2"} and rb["attack_images"] == 20
+    assert "## Robustness" in table and "| dm | " in table.split("## Robustness")[1]
+    mi = json.loads((work / "results" / "privacy" / "random-fashion_mnist-1" / "privacy.json").read_text())
+    real = json.loads((work / "results" / "privacy" / "real-fashion_mnist" / "privacy.json").read_text())
+    assert mi["profile"] == real["profile"] == "tiny" and mi["models"] == 3 and real["ipc"] is None
+    assert "## Privacy (membership inference)" in table and "| real |" in table.split("## Privacy")[1]
     first = cells(work)
     check_golden({k: dict(v) for k, v in first.items()})
 
