@@ -199,6 +199,20 @@ def plot_robustness(records: list[dict], dataset: str, path: str | Path) -> Path
     return _save(fig, path)
 
 
+def plot_privacy_roc(records: list[dict], dataset: str, ipc: int, path: str | Path) -> Path:
+    """Membership inference: each record's LiRA (online) ROC, log-log, down to its lowest measurable FPR."""
+    fig, ax = _new_axes()
+    low = 1 / max(r["non_members"] for r in records)
+    for r in records:
+        curve, area = r["roc"]["lira_online"], r["attacks"]["lira_online"]["auc"]
+        ax.plot(curve["fpr"], curve["tpr"], label=f"{r['method']} (AUC {area:.2f})")
+    ax.plot([low, 1], [low, 1], "k--", lw=0.8, label="chance")
+    ax.set(xscale="log", yscale="log", xlim=(low, 1), ylim=(low, 1), xlabel="false positive rate",
+           ylabel="true positive rate", title=f"{dataset}, IPC {ipc}: LiRA (online), {records[0]['models']} models")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
 def plot_unroll(rows: list[dict], path: str | Path) -> Path:
     """bench/bench_unroll.py's measurements: peak memory and time per iteration against the unroll length."""
     with _sns().axes_style("whitegrid"):
@@ -216,3 +230,43 @@ def plot_unroll(rows: list[dict], path: str | Path) -> Path:
     memory.legend(fontsize="small")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_federated(fedavg: dict | None, records: list[dict], dataset: str, ipc: int, path: str | Path) -> Path:
+    """Test accuracy against cumulative uplink bytes (log x; federated stages): FedAvg's rounds as a line, each
+    method's one-shot federation as a star (its mean over server networks), the centralised network as a line."""
+    with _sns().axes_style("whitegrid"):
+        fig = Figure(figsize=(5.5, 4.0), dpi=100)
+        ax = fig.add_subplot()
+    if fedavg:
+        curve = fedavg["curve"]
+        ax.plot([p["uplink_bytes"] for p in curve], [p["test_acc"] for p in curve], "-o", color="0.4", ms=3,
+                label=f"FedAvg ({len(curve)} rounds)")
+        ax.axhline(fedavg["centralised"]["test_acc"], color="k", ls="--", lw=0.8, label="centralised")
+    for i, r in enumerate(records):
+        ax.plot([r["uplink_bytes"]], [r["mean"]], marker="*", ms=12, ls="", color=f"C{i}",
+                label=f"{r['method']}{' †' if r['shared_inputs'] else ''} (one shot)")
+    ax.set(xscale="log", xlabel="uplink bytes (cumulative)", ylabel="test accuracy (%)",
+           title=f"{DATASET_NAMES.get(dataset, dataset)}, IPC {ipc}: {records[0]['clients']} clients, "
+                 f"α = {records[0]['alpha']:g}")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_nas(records: list[dict], dataset: str, ipc: int, path: str | Path | None = None) -> Path | Figure:
+    """Architecture search proxy (nas stages): each candidate's validation accuracy after training on a set (x)
+    against after training on real data (y), a colour per method, a star on the net each proxy picks; saved to
+    `path` as PNG, or returned as a Figure when `path` is None (for display in a notebook)."""
+    fig, ax = _new_axes()
+    for i, r in enumerate(records):
+        rho = "–" if r["spearman"] is None else f"{r['spearman']:.2f}"
+        ax.scatter(r["val_acc"], r["real_val_acc"], s=18, alpha=0.7, color=f"C{i}", label=f"{r['method']} (ρ {rho})")
+        j = r["candidates"].index(r["picked"]["name"])
+        ax.scatter([r["val_acc"][j]], [r["real_val_acc"][j]], s=160, marker="*", color=f"C{i}", edgecolors="k")
+    ax.set(xlabel="validation accuracy, trained on the set (%)", ylabel="validation accuracy, trained on real data (%)",
+           title=f"{DATASET_NAMES.get(dataset, dataset)}, IPC {ipc}: {len(records[0]['candidates'])} ConvNets "
+                 "(star: the proxy's pick)")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig if path is None else _save(fig, path)

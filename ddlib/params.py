@@ -22,8 +22,8 @@ import yaml
 
 PROFILES = ("paper", "quick", "tiny")
 # stage families over some methods' sets (grid.<kind> x datasets x IPCs): cross-architecture, the soft-label
-# track and the applications (ddlib/apps)
-APPLIED = ("xarch", "kd", "continual", "robustness", "privacy")
+# track and the applications (ddlib/apps); ddlib/grid.py checks them
+APPLIED = ("xarch", "kd", "continual", "robustness", "privacy", "nas", "federated")
 
 
 def load(path: str | Path = "params.yaml") -> dict:
@@ -95,92 +95,3 @@ def per_ipc(value, ipc: int, name: str):
                              "params.yaml")
         return value[ipc]
     return value
-
-
-def check_grid(all_params: dict, root: str | Path = ".") -> None:
-    """Everything params.yaml's grid names exists and fits, checked before any stage runs (the `code` stage and
-    `python -m ddlib.plan` call this): methods (registered, with a study notebook and a params section), datasets,
-    IPCs >= 1, expert and generator recipes, the cross-architecture methods and architectures (each built for each
-    dataset's images) and the evaluation network. One ValueError lists every problem with the valid choices."""
-    from . import data, methods, nets   # here: they import torch, which reading params needs not
-    import torch
-    root, problems = Path(root), []
-    profile = all_params.get("profile", "quick")
-    if profile not in PROFILES:
-        problems.append(f"profile {profile!r} is not one of {list(PROFILES)}")
-    grid = all_params.get("grid") or {}
-    for key in ("datasets", "methods", "ipcs", "buffers", "generators", "teachers", *APPLIED):
-        if not isinstance(grid.get(key), list) or not grid[key]:
-            problems.append(f"grid.{key} must be a non-empty list (the report reads every stage family's results)")
-    grid = {k: v if isinstance(v, list) else [] for k, v in grid.items()}
-    for name in grid.get("datasets", []):
-        if name not in data.available():
-            problems.append(f"grid.datasets: unknown dataset {name!r}; available: {data.available()}")
-    for name in grid.get("methods", []):
-        if name not in methods.available():
-            problems.append(f"grid.methods: unknown method {name!r}; available: {methods.available()}")
-        elif not (root / "notebooks" / "methods" / f"{name}.ipynb").exists():
-            problems.append(f"grid.methods: {name!r} has no notebook notebooks/methods/{name}.ipynb")
-        elif name not in (all_params.get("methods") or {}):
-            problems.append(f"grid.methods: {name!r} has no section methods.{name} in params.yaml")
-    for ipc in grid.get("ipcs", []):
-        if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
-            problems.append(f"grid.ipcs: {ipc!r} is not an image count >= 1 (e.g. 1, 10, 50)")
-    for kind in ("buffers", "generators", "teachers"):
-        for name in grid.get(kind, []):
-            if name not in (all_params.get(kind) or {}):
-                problems.append(f"grid.{kind}: no recipe {name!r}; recipes: {sorted(all_params.get(kind) or {})}")
-    for kind in APPLIED:
-        for name in grid.get(kind, []):
-            if name not in grid.get("methods", []):
-                problems.append(f"grid.{kind}: {name!r} is not in grid.methods (the {kind} stage trains on its sets)")
-    if not isinstance(grid.get("privacy_ipcs"), list) or not set(grid["privacy_ipcs"]) <= set(grid.get("ipcs", [])):
-        problems.append(f"grid.privacy_ipcs must be a list within grid.ipcs {grid.get('ipcs')} (the privacy stage reads "
-                        f"those IPCs' sets), got {grid.get('privacy_ipcs')!r}")
-    try:
-        kd_cfg = resolve(all_params["kd"], profile)
-        if kd_cfg["teacher"] not in grid.get("teachers", []):
-            problems.append(f"kd.teacher: {kd_cfg['teacher']!r} is not in grid.teachers {grid.get('teachers')} (the "
-                            "teachers stage trains the recipes listed there)")
-        nets_to_check = [("kd.student", kd_cfg["student"])]
-    except (KeyError, ValueError, TypeError) as err:
-        problems.append(f"kd section: {err}")
-        nets_to_check = []
-    try:
-        steps = int(resolve(all_params["continual"], profile)["steps"])
-        for name in grid.get("datasets", []):
-            if name in data.available() and (steps < 1 or data.get_spec(name).num_classes % steps):
-                problems.append(f"continual.steps: {steps} does not split the {data.get_spec(name).num_classes} "
-                                f"classes of {name} into equal groups")
-    except (KeyError, ValueError, TypeError) as err:
-        problems.append(f"continual section: {err}")
-    try:
-        from .apps import robustness
-        robustness.settings(all_params, profile)
-    except (KeyError, ValueError, TypeError) as err:
-        problems.append(f"robustness section: {err}")
-    try:
-        from .apps import privacy
-        cfg, _ = privacy.settings(all_params, profile)
-        largest = max([i for i in grid.get("privacy_ipcs", []) if isinstance(i, int)] or [1])
-        if int(cfg["population"]) < 2 * largest:
-            problems.append(f"privacy.population: {cfg['population']} images per class cannot give each model's half "
-                            f"grid.privacy_ipcs' largest IPC {largest} (it must be >= 2 x IPC)")
-    except (KeyError, ValueError, TypeError) as err:
-        problems.append(f"privacy section: {err}")
-    try:
-        nets_to_check.append(("evaluation.model", resolve(all_params["evaluation"], profile)["model"]))
-        nets_to_check += [("xarch.archs", a) for a in resolve(all_params["xarch"], profile)["archs"]]
-    except (KeyError, ValueError, TypeError) as err:
-        problems.append(f"evaluation / xarch sections: {err}")
-    for where, arch in nets_to_check:
-        for name in grid.get("datasets", []):
-            if name in data.available():
-                spec = data.get_spec(name)
-                try:
-                    with torch.device("meta"):   # builds nothing real: shapes only
-                        nets.make_net(arch, spec.channels, spec.num_classes, spec.im_size)
-                except ValueError as err:
-                    problems.append(f"{where}: {err} ({name})")
-    if problems:
-        raise ValueError("params.yaml: " + "; ".join(dict.fromkeys(problems)) + ". Fix params.yaml; nothing has run.")

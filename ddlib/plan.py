@@ -94,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=".", type=Path)
     parser.add_argument("--times", default="reports/costs/stage_times.json", type=Path)
     args = parser.parse_args(argv)
-    from . import params   # here: the module is also imported by tests that never call main()
+    from . import grid, params   # here: the module is also imported by tests that never call main()
     all_params = params.load(args.root / "params.yaml")
-    params.check_grid(all_params, args.root)   # a bad grid fails before DVC is asked anything
+    grid.check(all_params, args.root)   # a bad grid fails before DVC is asked anything
     profile = all_params.get("profile", "quick")
     nodes, edges = dag(args.root)
     changed = set(sources.stale(nodes, args.root))

@@ -28,7 +28,7 @@ from types import SimpleNamespace
 import torch
 
 from . import figures, params, results
-from .apps import continual, privacy, robustness
+from .apps import continual, federated, nas, privacy, robustness
 from .figures import DATASET_NAMES
 from .published import DATASETS as PUBLISHED_DATASETS
 from .published import IPCS as PUBLISHED_IPCS
@@ -37,6 +37,9 @@ from .published import SOFT_TRACK, method_rank, published, published_own, publis
 
 MAX_LOSS_POINTS = 500   # per cell in reports/plots/loss.json (the paper profile logs 20,000 iterations)
 APPLIED = params.APPLIED   # stage families over some methods' sets: grid.<kind> x datasets x IPCs
+APPS = {"continual": continual, "robustness": robustness, "privacy": privacy, "nas": nas, "federated": federated}
+# the per-dataset stage an application compares its cells with, and the name of that stage's record (<name>-<dataset>)
+BASELINES = {"privacy": ("privacy_real", "real"), "nas": ("nas_real", "real"), "federated": ("federated_fedavg", "fedavg")}
 
 
 def grid_cells(grid: dict) -> list[tuple[str, str, int]]:
@@ -50,12 +53,22 @@ def applied_cells(grid: dict, kind: str) -> list[tuple[str, str, int]]:
     return grid_cells({**grid, "methods": grid.get(kind, []), "ipcs": grid.get(f"{kind}_ipcs", grid["ipcs"])})
 
 
+def app_axes(grid: dict | None, kind: str, records: dict[str, dict]) -> tuple[list[str], list[int]]:
+    """(methods, IPCs) of an application's report section: the grid's (grid.<kind>, grid.<kind>_ipcs or ipcs), or
+    without a grid those of its records, the per-dataset baseline's left out."""
+    if grid:
+        return list(grid.get(kind, [])), [int(i) for i in grid.get(f"{kind}_ipcs", grid["ipcs"])]
+    base = {BASELINES[kind][1]} if kind in BASELINES else set()
+    return (sorted({r["method"] for r in records.values()} - base),
+            sorted({r["ipc"] for r in records.values() if r["method"] not in base}))
+
+
 def stages(grid: dict) -> list[str]:
     """The DVC stages behind the report's numbers: each cell's distill and evaluate, the cross-architecture
     evaluations, the expert buffers and the generators."""
     cells = [f"{stage}@{results.key(*cell)}" for cell in grid_cells(grid) for stage in ("distill", "evaluate")]
     cells += [f"{kind}@{results.key(m, d, i)}" for kind in APPLIED for m, d, i in applied_cells(grid, kind)]
-    cells += [f"privacy_real@{d}" for d in grid["datasets"]] if grid.get("privacy") else []
+    cells += [f"{BASELINES[kind][0]}@{d}" for kind in BASELINES if grid.get(kind) for d in grid["datasets"]]
     return cells + [f"{kind}@{r}-{d}" for kind in ("buffers", "generators", "teachers") for r in grid.get(kind, [])
                     for d in grid["datasets"]]
 
@@ -637,10 +650,10 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
     cells = grid_cells(grid) if grid else [(r["method"], r["dataset"], r["ipc"]) for r in collected.values()]
     rows = rows_for(collected, cells, stale)
     xrecords = results.read_all(Path(results_dir) / "xarch", "xarch.json")
+    if grid:   # a cell the grid no longer runs (grid.xarch_ipcs) keeps its old file under results/: not shown
+        xrecords = {k: r for k, r in xrecords.items() if k in {results.key(*c) for c in applied_cells(grid, "xarch")}}
     kd_records = results.read_all(Path(results_dir) / "kd", "kd.json")
-    cl_records = results.read_all(Path(results_dir) / "continual", "continual.json")
-    rb_records = results.read_all(Path(results_dir) / "robustness", "robustness.json")
-    mi_records = results.read_all(Path(results_dir) / "privacy", "privacy.json")
+    app_records = {kind: results.read_all(Path(results_dir) / kind, f"{kind}.json") for kind in APPS}
     written = plot_data(rows, out / "plots")
     index = ["# Reports", ""]
     for dataset in sorted({r["dataset"] for r in rows}, key=lambda d: list(DATASET_NAMES).index(d)
@@ -657,13 +670,6 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
                   for k, syn in sets.items()}
         xmethods = grid.get("xarch", []) if grid else sorted({r["method"] for r in xrecords.values()})
         kd_methods = grid.get("kd", []) if grid else sorted({r["method"] for r in kd_records.values()})
-        cl_methods = grid.get("continual", []) if grid else sorted({r["method"] for r in cl_records.values()})
-        cl_ipcs = [int(i) for i in grid["ipcs"]] if grid else sorted({r["ipc"] for r in cl_records.values()})
-        rb_methods = grid.get("robustness", []) if grid else sorted({r["method"] for r in rb_records.values()})
-        rb_ipcs = [int(i) for i in grid["ipcs"]] if grid else sorted({r["ipc"] for r in rb_records.values()})
-        mi_methods = grid.get("privacy", []) if grid else sorted({r["method"] for r in mi_records.values()} - {"real"})
-        mi_ipcs = ([int(i) for i in grid.get("privacy_ipcs", grid["ipcs"])] if grid
-                   else sorted({r["ipc"] for r in mi_records.values()} - {None}))
         taught = [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob(f"teachers/*-{dataset}.json"))]
         taught = [t for t in taught if t["dataset"] == dataset and (grid is None or t["name"] in grid.get("teachers", []))]
         fresh = [t for t in taught if not (stale and f"teachers@{t['name']}-{dataset}" in stale)]
@@ -673,14 +679,14 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
               *lrs_markdown(rows, kd_records, dataset, fresh[0]["test_acc"][-1] if fresh else None,
                             fresh[0]["name"] if fresh else None),
               *storage_markdown(rows, dataset, stored),
-              *continual.markdown(cl_records, dataset, cl_methods, cl_ipcs, stale),
-              *robustness.markdown(rb_records, dataset, rb_methods, rb_ipcs, stale),
-              *privacy.markdown(mi_records, dataset, mi_methods, mi_ipcs, stale), "## Figures",
+              *(line for kind, module in APPS.items()
+                for line in module.markdown(app_records[kind], dataset, *app_axes(grid, kind, app_records[kind]), stale)),
+              "## Figures",
               "", f"![accuracy vs IPC](figures/{dataset}_acc_vs_ipc.png)", "",
               f"Distillation and evaluation cost: [costs/{dataset}.md](costs/{dataset}.md).", ""]
-        written += continual.figures_of(cl_records, dataset, cl_methods, cl_ipcs, out / "figures", stale)
-        written += robustness.figures_of(rb_records, dataset, rb_methods, rb_ipcs, out / "figures", stale)
-        written += privacy.figures_of(mi_records, dataset, mi_methods, mi_ipcs, out / "figures", stale)
+        for kind, module in APPS.items():
+            written += module.figures_of(app_records[kind], dataset, *app_axes(grid, kind, app_records[kind]),
+                                         out / "figures", stale)
         summaries = [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob(f"buffers/*-{dataset}.json"))]
         recipes = grid.get("buffers", []) if grid else None
         summaries = [s for s in summaries if s["dataset"] == dataset and (recipes is None or s["name"] in recipes)]

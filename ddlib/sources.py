@@ -293,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=".", type=Path)
     args = parser.parse_args(argv)
     if args.stage == "code":   # the first stage of every run: a grid naming what does not exist stops it here
-        from . import params
-        params.check_grid(params.load(args.root / "params.yaml"), args.root)
+        from . import grid, params
+        grid.check(params.load(args.root / "params.yaml"), args.root)
         written = write_all(args.root)
     else:
         import yaml

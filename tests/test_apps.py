@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddlib import evaluate, methods, params
+from ddlib import evaluate, grid, methods, params
 from ddlib.apps import continual
 
 PARAMS = params.load("params.yaml")
@@ -66,7 +66,7 @@ def test_settings_and_grid_check():
     bad = {**PARAMS, "continual": {**PARAMS["continual"], "quick": {**PARAMS["continual"]["quick"], "steps": 3}},
            "grid": {**PARAMS["grid"], "continual": ["foo"]}}
     with pytest.raises(ValueError) as err:
-        params.check_grid(bad)
+        grid.check(bad)
     assert "grid.continual: 'foo' is not in grid.methods" in str(err.value)
     assert "continual.steps: 3 does not split the 10 classes of fashion_mnist" in str(err.value)
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ddlib import loop, methods, nets
+from ddlib import grid, loop, methods, nets
 from ddlib.methods import datadam, dm
 
 
@@ -223,7 +223,7 @@ def test_check_grid_names_a_teacher_outside_the_grid():
     bad["grid"]["teachers"] = ["other"]
     bad["teachers"]["other"] = bad["teachers"]["standard"]
     with pytest.raises(ValueError, match="kd.teacher: 'standard' is not in grid.teachers"):
-        params.check_grid(bad, root)
+        grid.check(bad, root)
 
 
 # ---------------------------------------------------------------- SRe2L: recover by BN-statistic matching

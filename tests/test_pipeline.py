@@ -91,8 +91,9 @@ def test_tiny_dvc_repro_end_to_end(tmp_path):
     params["profile"] = "tiny"
     params["grid"] = {"datasets": ["fashion_mnist"], "methods": list(GRID), "ipcs": [1], "buffers": ["plain", "flat"],
                       "generators": ["dcgan"], "teachers": ["standard"], "xarch": ["dm"], "kd": ["random"],
-                      "continual": ["dm"], "robustness": ["dm"],
-                      "privacy": ["random"], "privacy_ipcs": [1]}
+                      "xarch_ipcs": [1], "continual": ["dm"], "robustness": ["dm"],
+                      "privacy": ["random"], "privacy_ipcs": [1], "nas": ["random"], "nas_ipcs": [1],
+                      "federated": ["random"], "federated_ipcs": [1]}
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if (ROOT / "data" / "fashion_mnist" / "raw").exists():
         shutil.copytree(ROOT / "data" / "fashion_mnist" / "raw", work / "data" / "fashion_mnist" / "raw")
@@ -128,6 +129,14 @@ def test_tiny_dvc_repro_end_to_end(tmp_path):
     real = json.loads((work / "results" / "privacy" / "real-fashion_mnist" / "privacy.json").read_text())
     assert mi["profile"] == real["profile"] == "tiny" and mi["models"] == 3 and real["ipc"] is None
     assert "## Privacy (membership inference)" in table and "| real |" in table.split("## Privacy")[1]
+    nas = json.loads((work / "results" / "nas" / "random-fashion_mnist-1" / "nas.json").read_text())
+    nas_real = json.loads((work / "results" / "nas" / "real-fashion_mnist" / "nas.json").read_text())
+    assert nas["profile"] == nas_real["profile"] == "tiny"
+    assert "## Architecture search proxy" in table and "| random |" in table.split("## Architecture search")[1]
+    fed = json.loads((work / "results" / "federated" / "random-fashion_mnist-1" / "federated.json").read_text())
+    fedavg = json.loads((work / "results" / "federated" / "fedavg-fashion_mnist" / "federated.json").read_text())
+    assert fed["profile"] == fedavg["profile"] == "tiny"
+    assert "## Federated learning" in table and "| random |" in table.split("## Federated")[1]
     first = cells(work)
     check_golden({k: dict(v) for k, v in first.items()})
 
@@ -157,6 +166,15 @@ def test_tiny_dvc_repro_end_to_end(tmp_path):
     assert "Running stage 'distill@dm-fashion_mnist-1'" not in stages_run, stages_run
     assert cells(work) == first          # same code semantics, same numbers: bit for bit, second time round
     assert "stale" not in (work / "reports" / "fashion_mnist.md").read_text()
+
+    # an edit to one application reruns that application's stages and the report, nothing else (the grid check
+    # that reads every application's section is not in the other stages' code)
+    app = work / "ddlib" / "apps" / "robustness.py"
+    source = app.read_text()
+    app.write_text(source + "# a comment\n")
+    preview = ok([sys.executable, "-m", "ddlib.plan"], work)
+    assert "will run up to 3 stages (profile tiny): 1 code, 1 robustness, 1 report" in preview, preview
+    app.write_text(source)
 
     # changing one method's parameter invalidates only that method's stages
     params["methods"]["dm"]["tiny"]["batch_real"] = 5

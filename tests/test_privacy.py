@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from ddlib import evaluate, methods, nets, params
+from ddlib import evaluate, grid, methods, nets, params
 from ddlib.apps import privacy
 
 PARAMS = params.load("params.yaml")
@@ -27,12 +27,12 @@ def test_grid_check_names_the_privacy_problems():
     bad = {**PARAMS, "privacy": {**PRIVACY, "quick": {"population": 15, "models": 5}},
            "grid": {**PARAMS["grid"], "privacy": ["foo"], "privacy_ipcs": [1, 10]}}
     with pytest.raises(ValueError) as err:
-        params.check_grid(bad)
+        grid.check(bad)
     assert "grid.privacy: 'foo' is not in grid.methods" in str(err.value)
     assert ("privacy.population: 15 images per class cannot give each model's half grid.privacy_ipcs' largest IPC 10"
             in str(err.value))
-    with pytest.raises(ValueError, match=r"grid.privacy_ipcs must be a list within grid.ipcs \[1, 10\]"):
-        params.check_grid({**PARAMS, "grid": {**PARAMS["grid"], "privacy_ipcs": [50]}})
+    with pytest.raises(ValueError, match=r"grid.privacy_ipcs must be a non-empty list within grid.ipcs \[1, 10\]"):
+        grid.check({**PARAMS, "grid": {**PARAMS["grid"], "privacy_ipcs": [50]}})
 
 
 def test_roc_and_auc_count_ties_as_half():

@@ -4,7 +4,7 @@ computations, the record, the settings and the report section."""
 import pytest
 import torch
 
-from ddlib import data, evaluate, methods, params, zca
+from ddlib import data, evaluate, grid, methods, params, zca
 from ddlib.apps import robustness
 
 PARAMS = params.load("params.yaml")
@@ -100,7 +100,7 @@ def test_settings_and_grid_check():
     bad = {**PARAMS, "robustness": {**PARAMS["robustness"], "quick": {**PARAMS["robustness"]["quick"], "severities": [7]}},
            "grid": {**PARAMS["grid"], "robustness": ["foo"]}}
     with pytest.raises(ValueError) as err:
-        params.check_grid(bad)
+        grid.check(bad)
     assert "grid.robustness: 'foo' is not in grid.methods" in str(err.value)
     assert "robustness section: robustness.severities: [7] not in 1..5" in str(err.value)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddlib import augment, evaluate, methods, params, report, results, xarch
+from ddlib import augment, evaluate, grid, methods, params, report, results, xarch
 from ddlib.published import XARCH, published_xarch, xarch_rows
 from tests.test_report import _distill, _eval, _synset, _table_rows
 
@@ -192,7 +192,7 @@ def test_table1_page_has_every_dataset_and_says_not_run(tmp_path):
 
 def test_check_grid_accepts_the_workbook_and_names_every_problem():
     all_params = params.load(ROOT / "params.yaml")
-    params.check_grid(all_params, ROOT)
+    grid.check(all_params, ROOT)
     bad = copy.deepcopy(all_params)
     bad["grid"]["methods"] += ["foo"]
     bad["grid"]["ipcs"] += [0]
@@ -201,7 +201,7 @@ def test_check_grid_accepts_the_workbook_and_names_every_problem():
     bad["grid"]["xarch"] += ["kip"]
     bad["xarch"][bad["profile"]]["archs"] += ["vgg11_zz"]
     with pytest.raises(ValueError) as err:
-        params.check_grid(bad, ROOT)
+        grid.check(bad, ROOT)
     text = str(err.value)
     for part in ("unknown method 'foo'; available: ['accdd'", "grid.ipcs: 0 is not an image count >= 1",
                  "unknown dataset 'imagenet'; available: ['fashion_mnist'", "grid.xarch: 'kip' is not in grid.methods",
@@ -211,11 +211,11 @@ def test_check_grid_accepts_the_workbook_and_names_every_problem():
     small["grid"]["datasets"] = ["tinyimagenet"]
     small["evaluation"]["paper"]["model"] = "lenet"
     with pytest.raises(ValueError, match="evaluation.model: lenet takes 28x28 or 32x32 inputs.*got 64x64"):
-        params.check_grid(small, ROOT)
+        grid.check(small, ROOT)
     missing = copy.deepcopy(all_params)
     del missing["grid"]["xarch"]
     with pytest.raises(ValueError, match="grid.xarch must be a non-empty list"):
-        params.check_grid(missing, ROOT)
+        grid.check(missing, ROOT)
 
 
 def test_report_lists_the_stages_without_a_result_of_a_profile(tmp_path, capsys):

@@ -24,7 +24,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from .. import evaluate, params
+from .. import data, evaluate, params
 from ..data import LabeledImages
 from ..synset import SyntheticSet
 
@@ -36,6 +36,17 @@ def settings(all_params: dict, profile: str | None = None) -> tuple[int, int, ev
     cfg = params.resolve(all_params["continual"], profile)
     protocol = evaluate.protocol(all_params, profile)
     return int(cfg["steps"]), int(cfg["orders"]), replace(protocol, num_seeds=int(cfg["nets"]))
+
+
+def check(all_params: dict, profile: str, grid: dict) -> list[str]:
+    """Problems of the `continual` section for the grid check (ddlib/grid.py): steps must split every dataset's
+    classes into equal groups."""
+    steps, problems = int(params.resolve(all_params["continual"], profile)["steps"]), []
+    for name in grid.get("datasets", []):
+        if name in data.available() and (steps < 1 or data.get_spec(name).num_classes % steps):
+            problems.append(f"continual.steps: {steps} does not split the {data.get_spec(name).num_classes} "
+                            f"classes of {name} into equal groups")
+    return problems
 
 
 def class_orders(num_classes: int, orders: int) -> list[list[int]]:

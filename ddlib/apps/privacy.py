@@ -52,6 +52,20 @@ def settings(all_params: dict, profile: str | None = None) -> tuple[dict, evalua
     return cfg, replace(evaluate.protocol(all_params, profile), num_seeds=int(cfg["nets"]))
 
 
+def check(all_params: dict, profile: str, grid: dict) -> list[str]:
+    """Problems of the `privacy` section for the grid check (ddlib/grid.py): settings() raises on bad counts, and
+    the population must give each model's half grid.privacy_ipcs' largest IPC."""
+    try:
+        cfg, _ = settings(all_params, profile)
+    except (KeyError, ValueError, TypeError) as err:
+        return [f"privacy section: {err}"]
+    largest = max([i for i in grid.get("privacy_ipcs", []) if isinstance(i, int)] or [1])
+    if int(cfg["population"]) < 2 * largest:
+        return [f"privacy.population: {cfg['population']} images per class cannot give each model's half "
+                f"grid.privacy_ipcs' largest IPC {largest} (it must be >= 2 x IPC)"]
+    return []
+
+
 def population(train: LabeledImages, per_class: int, seed: int) -> LabeledImages:
     """The fixed attack population: `per_class` training images of each class."""
     short = {c: len(i) for c, i in enumerate(train.class_indices()) if len(i) < per_class}
@@ -267,21 +281,10 @@ def markdown(records: dict[str, dict], dataset: str, methods: list[str], ipcs: l
 def figures_of(records: dict[str, dict], dataset: str, methods: list[str], ipcs: list[int], out_dir: Path,
                stale: dict[str, str] | None) -> list[Path]:
     """reports/figures/<dataset>_privacy_<ipc>.png: LiRA (online) ROC per method, log-log, stale cells left out."""
-    from matplotlib.figure import Figure   # the object API: no pyplot state, a notebook's backend untouched
+    from .. import figures
     written = []
     for ipc in ipcs:
         rows = [r for _, r, why in _cells(records, dataset, methods, ipc, stale) if r and not why]
-        if not any(r["method"] != "real" for r in rows):
-            continue
-        ax, low = Figure(figsize=(5.0, 4.5), dpi=100).add_subplot(), 1 / max(r["non_members"] for r in rows)
-        for r in rows:
-            curve, area = r["roc"]["lira_online"], r["attacks"]["lira_online"]["auc"]
-            ax.plot(curve["fpr"], curve["tpr"], label=f"{r['method']} (AUC {area:.2f})")
-        ax.plot([low, 1], [low, 1], "k--", lw=0.8, label="chance")
-        ax.set(xscale="log", yscale="log", xlim=(low, 1), ylim=(low, 1), xlabel="false positive rate",
-               ylabel="true positive rate", title=f"{dataset}, IPC {ipc}: LiRA (online), {rows[0]['models']} models")
-        ax.legend(fontsize="small")
-        written.append(Path(out_dir) / f"{dataset}_privacy_{ipc}.png")
-        written[-1].parent.mkdir(parents=True, exist_ok=True)
-        ax.figure.savefig(written[-1], format="png", metadata={"Software": None})
+        if any(r["method"] != "real" for r in rows):
+            written.append(figures.plot_privacy_roc(rows, dataset, ipc, Path(out_dir) / f"{dataset}_privacy_{ipc}.png"))
     return written

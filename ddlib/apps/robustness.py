@@ -64,6 +64,15 @@ def settings(all_params: dict, profile: str | None = None) -> tuple[Attacks, eva
     return attacks, replace(evaluate.protocol(all_params, profile), num_seeds=nets)
 
 
+def check(all_params: dict, profile: str, grid: dict) -> list[str]:
+    """Problems of the `robustness` section for the grid check (ddlib/grid.py): settings() raises on each."""
+    try:
+        settings(all_params, profile)
+    except (KeyError, ValueError, TypeError) as err:
+        return [f"robustness section: {err}"]
+    return []
+
+
 def inputs(test: LabeledImages, transform: Zca | None) -> Callable[[torch.Tensor], torch.Tensor]:
     """[0, 1] pixels -> what the networks read: mean/std normalised, or ZCA-whitened when the set is in ZCA space."""
     return transform.apply if transform is not None else (lambda x: data.normalize(x, test.spec))
