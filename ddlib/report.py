@@ -593,13 +593,16 @@ def plot_bptt(rows: list[dict], path: Path) -> Path:
 
 
 def stage_times(runs_dir: str | Path) -> dict[str, float]:
-    """Seconds each stage's notebook ran (papermill's record in runs/): runs/<stage>/<item>.ipynb -> stage@item."""
+    """Seconds each stage's notebook ran (papermill's record in runs/): runs/<stage>/<item>.ipynb -> stage@item; an
+    application's per-dataset baseline (runs/privacy/real-<dataset>.ipynb) -> its own stage (privacy_real@<dataset>)."""
     root, out = Path(runs_dir), {}
     for nb in sorted(root.glob("*/*.ipynb")) + sorted(root.glob("*.ipynb")):
         duration = json.loads(nb.read_text()).get("metadata", {}).get("papermill", {}).get("duration")
         if duration is not None:
-            rel = nb.relative_to(root).with_suffix("")
-            out["@".join(rel.parts)] = round(float(duration), 1)
+            parts = nb.relative_to(root).with_suffix("").parts
+            if len(parts) == 2 and parts[0] in BASELINES and parts[1].startswith(BASELINES[parts[0]][1] + "-"):
+                parts = (BASELINES[parts[0]][0], parts[1][len(BASELINES[parts[0]][1]) + 1:])
+            out["@".join(parts)] = round(float(duration), 1)
     return out
 
 

@@ -225,13 +225,15 @@ def test_cost_page_lists_measured_costs(results_dir):
 
 def test_stage_times_from_executed_notebooks(tmp_path):
     for rel, seconds in (("distill/dm-fashion_mnist-1.ipynb", 40.04), ("prepare/fashion_mnist.ipynb", 9.0),
-                         ("report.ipynb", 12.0)):
+                         ("report.ipynb", 12.0), ("privacy/real-fashion_mnist.ipynb", 48.0),
+                         ("federated/fedavg-fashion_mnist.ipynb", 52.0), ("nas/random-fashion_mnist-10.ipynb", 41.0)):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(json.dumps({"metadata": {"papermill": {"duration": seconds}}, "cells": []}))
     (tmp_path / "zca").mkdir()
     (tmp_path / "zca" / "fashion_mnist.ipynb").write_text(json.dumps({"metadata": {}, "cells": []}))  # never ran
     assert report.stage_times(tmp_path) == {"distill@dm-fashion_mnist-1": 40.0, "prepare@fashion_mnist": 9.0,
-                                            "report": 12.0}
+                                            "report": 12.0, "privacy_real@fashion_mnist": 48.0,   # its own stage
+                                            "federated_fedavg@fashion_mnist": 52.0, "nas@random-fashion_mnist-10": 41.0}
 
 
 def test_plot_data_for_dvc_plots(results_dir, tmp_path):
