@@ -24,7 +24,7 @@ $(STAMP): requirements.txt requirements-lock.txt requirements-cluster.txt pyproj
 
 repro: setup            ## the default pipeline (quick profile unless params.yaml says otherwise)
 	@python -m ddlib.plan   # what will run and how long it took last time
-	time $(PRELOAD) dvc repro
+	time $(PRELOAD) python -m ddlib.repro   # dvc repro, without the per-stage start-up (ddlib/repro.py)
 
 JOBS ?= 2
 launch: setup           ## the same pipeline, independent stages in JOBS parallel workers (ddlib/launch.py)

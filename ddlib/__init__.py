@@ -6,7 +6,8 @@ protocol), xarch (the protocol on other architectures), synset (SyntheticSet), l
 distillation loop), methods (lazy registry + one module per method), params (params.yaml + profiles),
 results (the result files between stages), report (reports/ pages), figures (plots and image grids),
 published (the survey's numbers), provenance (what produced a result), sources (which code each stage runs,
-and which stages are stale), plan (what `dvc repro` will run), runtime (device, threads, memory).
+and which stages are stale), plan (what `dvc repro` will run), repro (`make repro`: `dvc repro` without the
+per-stage start-up), runtime (device, threads, memory).
 """
 
 __version__ = "0.1.0"

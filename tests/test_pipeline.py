@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dvc.utils.serialize import dumps_yaml, parse_yaml
 
 from ddlib import data
 
@@ -101,7 +102,14 @@ def test_tiny_dvc_repro_end_to_end(tmp_path):
         ok(cmd, work)
     shutil.copytree(ROOT / ".dvc" / "plots", work / ".dvc" / "plots", dirs_exist_ok=True)
 
-    ok(["dvc", "repro"], work)
+    # `make repro`'s route (ddlib.repro: warm worker, fast dvc.lock); the golden results and the plain `dvc repro`
+    # further down check it changes no number
+    first_run = run([sys.executable, "-m", "ddlib.repro"], work)
+    assert first_run.returncode == 0, f"{first_run.stdout[-4000:]}\n{first_run.stderr[-4000:]}"
+    assert "running without the warm process" not in first_run.stdout + first_run.stderr
+    assert "Running stage 'report'" in first_run.stdout
+    lock = (work / "dvc.lock").read_text()
+    assert dumps_yaml(parse_yaml(lock, "dvc.lock")) == lock     # byte for byte what DVC itself writes
 
     for method in GRID:
         result = json.loads((work / "results" / "eval" / f"{method}-fashion_mnist-1" / "eval.json").read_text())
