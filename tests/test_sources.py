@@ -199,3 +199,17 @@ def test_a_clone_s_folder_of_missing_outputs_is_not_a_change(tmp_path):
     (tmp_path / "data" / "x" / "buffers" / "plain").mkdir()             # one of them there: a real change
     assert sources._describe(entries, produced, tmp_path) == "changed deps: data/x/buffers (modified)"
     assert sources._describe(entries, produced) == "changed deps: data/x/buffers (modified)"
+
+
+def test_every_notebook_is_valid_nbformat_with_cell_ids():
+    """A cell without an id is a warning in every stage's log today and an error in a future nbformat."""
+    import warnings
+
+    import nbformat
+    for path in sorted((ROOT / "notebooks").rglob("*.ipynb")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            nb = nbformat.read(path, as_version=4)
+            nbformat.validate(nb)
+        ids = [cell.get("id") for cell in nb.cells]
+        assert all(ids) and len(set(ids)) == len(ids), path
