@@ -7,7 +7,9 @@ What runs: what `dvc repro` would run (ddlib.plan: the changed or stale stages a
 STAGEs (or stage groups: `distill`) narrow it to those and the stale stages they read from. How: every stage
 is one `dvc --wait-for-lock repro -s <stage>` process, started once each stage it reads from (`dvc dag`) has
 finished, at most N at a time; DVC's lock serialises its own bookkeeping (about a second a stage) and releases
-it while the command runs (scale-out.md §1). A worker gets its own GPU (`CUDA_VISIBLE_DEVICES`, from --gpus) or
+it while the command runs (scale-out.md §1); the stages' papermill commands run in forked copies of one warm
+process (ddlib/repro.py; --cold: a new papermill and kernel each). A worker gets its own GPU
+(`CUDA_VISIBLE_DEVICES`, from --gpus) or
 its own thread count (DDLIB_THREADS; unset, every stage uses every core as in a serial run, which keeps CPU
 results bit-identical to it). Neither is part of a stage's cache key. Each stage's log is .launch/<stage>.log; a
 failed stage is reported with the end of its log and skips only what reads from it; a rerun resumes: finished
@@ -44,7 +46,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import plan, sources
+from . import plan, repro, sources
 
 LOGS = Path(".launch")
 CLONES = LOGS / "clones"   # the clone route's workers, one folder per stage (removed after a success)
@@ -304,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus", type=lambda s: [int(g) for g in s.split(",") if g != ""], default=None)
     parser.add_argument("--threads", type=int, default=None, help="DDLIB_THREADS per worker (default: all cores)")
     parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--cold", action="store_true", help="plain papermill per stage, no warm process")
     parser.add_argument("--clone", metavar="REMOTE", default=None,
                         help="pattern B: each stage in a fresh git clone, results through this DVC remote")
     parser.add_argument("--source", default=None, help="the repository the clone route's workers clone (default: here)")
@@ -337,18 +340,29 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(stages))
         return 0
     start = time.perf_counter()
-    outcomes = schedule(stages, edges, runner(root, gpus=gpus, threads=args.threads, share=args.jobs > 1,
-                                              command=command), args.jobs, report=lambda line: print(line, flush=True))
-    bad = [o for o in outcomes if o.status != "ok"]
-    if not bad:   # whatever the plan did not foresee (it is an upper bound, rarely short), serially
-        final = [sys.executable, "-m", "dvc", "--wait-for-lock", "repro"]
-        if args.clone:   # the workers' runs (and their outputs) come back through the remote's run-cache
-            with default_remote(root, args.clone):
-                rc = subprocess.run(final + ["--pull"], cwd=root, env=env).returncode
-        else:
-            rc = subprocess.run(final, cwd=root, env=env).returncode
-        if rc:
-            bad.append(Outcome("dvc repro", "failed", detail=f"exit {rc}"))
+    share = args.jobs > 1
+    # local workers hand their papermill commands to one warm process (ddlib/repro.py); a cluster's DD_LAUNCH
+    # and the clone route keep their own
+    cold = (args.cold or args.clone or os.environ.get("DD_LAUNCH")
+            or "papermill" not in (root / "dvc.yaml").read_text())
+    warm = (contextlib.nullcontext() if cold else
+            repro.warm_process({"OMP_WAIT_POLICY": "PASSIVE"} if share and "OMP_WAIT_POLICY" not in os.environ
+                               else None))
+    with warm:
+        env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+        outcomes = schedule(stages, edges, runner(root, gpus=gpus, threads=args.threads, share=share,
+                                                  command=command), args.jobs,
+                            report=lambda line: print(line, flush=True))
+        bad = [o for o in outcomes if o.status != "ok"]
+        if not bad:   # whatever the plan did not foresee (it is an upper bound, rarely short), serially
+            final = [sys.executable, "-m", "dvc", "--wait-for-lock", "repro"]
+            if args.clone:   # the workers' runs (and their outputs) come back through the remote's run-cache
+                with default_remote(root, args.clone):
+                    rc = subprocess.run(final + ["--pull"], cwd=root, env=env).returncode
+            else:
+                rc = subprocess.run(final, cwd=root, env=env).returncode
+            if rc:
+                bad.append(Outcome("dvc repro", "failed", detail=f"exit {rc}"))
     print(f"[launch] {sum(o.status == 'ok' for o in outcomes)} ok, {sum(o.status == 'failed' for o in bad)} failed, "
           f"{sum(o.status == 'skipped' for o in bad)} skipped in {time.perf_counter() - start:.0f} s", flush=True)
     return 1 if bad else 0

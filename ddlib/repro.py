@@ -16,13 +16,14 @@ in this process, with two changes and nothing else:
    as a kernel's would. A child is a fresh copy of the untouched server, so a stage sees the state a new
    process would see; the tiny end-to-end test checks the results bit for bit against plain `dvc repro`.
    The server refuses a command it cannot run faithfully and the client then runs it as plain DVC would: not
-   papermill, another environment (threads, preload, devices), another directory, or ddlib source changed since
+   papermill, another environment (preload, OpenMP/MKL settings), another directory, or ddlib source changed since
    the server imported it (the server then restarts itself with the new code).
 2. `dvc.lock` written without re-parsing: the file this process last wrote is kept parsed, and each stage's YAML
    block is rendered once and reused until the stage's entry changes. The first write is checked byte for byte
    against DVC's own dump; any difference (another DVC version) switches this back to DVC's code.
 
-Without this wrapper (`dvc repro`, `ddlib.launch`, a cluster's `DD_LAUNCH`) everything runs as before.
+`python -m ddlib.launch` uses the same warm process for its local workers (each worker's thread count or GPU
+is set in its child). Without either (`dvc repro`, a cluster's `DD_LAUNCH`) everything runs as before.
 """
 
 from __future__ import annotations
@@ -43,9 +44,15 @@ from pathlib import Path
 
 CLIENT = ("-m", "ddlib.repro", "--client", "--")
 ENV_SOCKET = "DDLIB_WARM_SOCKET"
-# read when torch, the allocator or ddlib start: a command whose values differ cannot use the warm process
-FROZEN_ENV = ("LD_PRELOAD", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "PYTHONHASHSEED",
-              "MPLBACKEND", "PYTHONPATH", "DDLIB_THREADS", "CUBLAS_WORKSPACE_CONFIG")
+# read when Python, the allocator, OpenMP/MKL (at torch's import) or matplotlib start: a command whose values
+# differ cannot use the warm process. (CUDA_VISIBLE_DEVICES and DDLIB_THREADS are read when a stage first asks
+# for a device or sets its threads, in the child: the server never does either.)
+FROZEN_ENV = ("LD_PRELOAD", "PYTHONHASHSEED", "PYTHONPATH", "MPLBACKEND")
+FROZEN_PREFIXES = ("OMP_", "GOMP_", "KMP_", "MKL_")
+
+
+def _frozen(env) -> dict:
+    return {k: v for k, v in env.items() if k in FROZEN_ENV or k.startswith(FROZEN_PREFIXES)}
 ENGINE = "ddlib-inprocess"
 
 
@@ -246,9 +253,9 @@ def _refusal(request: dict, sources: dict) -> str | None:
         return "not a papermill command"
     if os.path.realpath(request["cwd"]) != os.path.realpath(os.getcwd()):
         return "another working directory"
-    env = request["env"]
-    for key in FROZEN_ENV:
-        if env.get(key) != os.environ.get(key):
+    mine, theirs = _frozen(os.environ), _frozen(request["env"])
+    for key in sorted(set(mine) | set(theirs)):
+        if mine.get(key) != theirs.get(key):
             return f"{key} differs"
     if _sources() != sources:
         return "ddlib changed since the warm process started"
@@ -337,7 +344,7 @@ def serve(path: str) -> None:
 def client(argv: list[str]) -> int:
     """Run `argv` in the warm process when there is one that can, else exactly as the shell would."""
     path = os.environ.get(ENV_SOCKET)
-    if path and os.path.exists(path):
+    if path and os.path.exists(path) and Path(argv[0]).name == "papermill":
         try:
             conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             conn.connect(path)
@@ -359,12 +366,13 @@ def client(argv: list[str]) -> int:
 
 
 @contextlib.contextmanager
-def warm_process():
-    """Start the server, point `$DD_LAUNCH` at the client, stop the server afterwards."""
+def warm_process(env: dict | None = None):
+    """Start the server (with `env` added to this environment), point `$DD_LAUNCH` at the client, stop the server
+    afterwards."""
     folder = tempfile.mkdtemp(prefix="ddlib-warm-")
     path = os.path.join(folder, "socket")
     proc = subprocess.Popen([sys.executable, "-m", "ddlib.repro", "--server", path], stdin=subprocess.PIPE,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, **(env or {})})
     while not os.path.exists(path) and proc.poll() is None:   # ~3 s of imports, once
         time.sleep(0.05)
     saved = {k: os.environ.get(k) for k in ("DD_LAUNCH", ENV_SOCKET)}

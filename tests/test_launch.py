@@ -139,6 +139,33 @@ def test_parallel_workers_leave_the_lock_a_serial_run_leaves(tmp_path):
     assert "0 stage(s)" in _launch(parallel, "--jobs", "3").stdout   # nothing left: a rerun runs nothing
 
 
+def test_local_workers_run_their_notebooks_in_the_warm_process(tmp_path):
+    import nbformat
+    root = tmp_path / "repo"
+    root.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("k = 'x'", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("import os, sys, pathlib\npathlib.Path('out').mkdir(exist_ok=True)\n"
+                                          "warm = 'torch' in sys.modules   # preloaded by the warm process only\n"
+                                          "pathlib.Path(f'out/{k}.txt').write_text(f'{k} {warm} "
+                                          "{os.environ.get(\"OMP_WAIT_POLICY\")}')")]
+    nbformat.write(nb, root / "nb.ipynb")
+    pm = ("$DD_LAUNCH papermill -k python3 --no-progress-bar --log-level WARNING --stdout-file - --stderr-file - "
+          "nb.ipynb runs/${item.k}.ipynb -y \"{k: '${item.k}'}\"")
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"cell": {
+        "matrix": {"k": ["a", "b"]}, "cmd": ["mkdir -p runs", pm], "deps": ["nb.ipynb"],
+        "outs": ["out/${item.k}.txt", "runs/${item.k}.ipynb"]}}}, sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump({"launch": {}}))
+    _dvc(root, "init", "--no-scm", "-q")
+    done = _launch(root, "--jobs", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    logs = "".join(p.read_text() for p in (root / ".launch").glob("*.log"))
+    assert "running without the warm process" not in logs, logs
+    assert {k: (root / "out" / f"{k}.txt").read_text() for k in "ab"} == {"a": "a True PASSIVE", "b": "b True PASSIVE"}
+    assert "up to date" in _dvc(root, "status").stdout
+
+
 def test_a_failed_cell_is_reported_and_a_rerun_resumes_with_it_alone(tmp_path):
     root = _repo(tmp_path / "repo")
     (root / "fail-b").write_text("")
