@@ -230,8 +230,6 @@ def _sources() -> dict:
 def _preload() -> None:
     import importlib
     import pkgutil
-
-    import ddlib
     for package in ("ddlib", "ddlib.methods", "ddlib.apps"):
         with contextlib.suppress(ImportError):
             mod = importlib.import_module(package)
@@ -245,7 +243,6 @@ def _preload() -> None:
     from IPython.core.interactiveshell import InteractiveShell  # noqa: F401
     from papermill.engines import papermill_engines
     papermill_engines.register(ENGINE, _engine())
-    assert ddlib.__file__
 
 
 def _refusal(request: dict, sources: dict) -> str | None:
@@ -404,13 +401,9 @@ def main(argv: list[str]) -> int:
     argv = [a for a in argv if a != "--cold"]
     from dvc.cli import main as dvc_main
     fast_lockfile()
-    if cold or os.environ.get("DD_LAUNCH"):   # a cluster launcher keeps its own prefix
+    # a cluster launcher keeps its own prefix
+    with contextlib.nullcontext() if cold or os.environ.get("DD_LAUNCH") else warm_process():
         return dvc_main(["repro", *argv])
-    start = time.time()
-    with warm_process():
-        rc = dvc_main(["repro", *argv])
-    print(f"ddlib.repro: {time.time() - start:.0f} s", file=sys.stderr)
-    return rc
 
 
 if __name__ == "__main__":
