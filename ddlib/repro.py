@@ -227,6 +227,16 @@ def _sources() -> dict:
     return out
 
 
+# What each stage would otherwise import for itself, ~880 modules and ~1.3 s a stage: torch imports
+# torch._dynamo (with sympy, mpmath, torch.distributed) on the first optimizer step, whose `step` is wrapped by
+# `torch._disable_dynamo`; IPython its magics and completer when a shell is made; matplotlib its Agg backend on
+# the first figure. Importing runs no tensor operation (no OpenMP pool is started before the fork).
+LAZY_IMPORTS = ("matplotlib.pyplot", "matplotlib.backends.backend_agg", "seaborn", "nbformat", "papermill.cli",
+                "IPython.core.interactiveshell", "IPython.core.magics", "IPython.core.completer",
+                "IPython.core.application", "IPython.core.crashhandler", "IPython.core.logger",
+                "IPython.core.oinspect", "bdb", "torch._dynamo")
+
+
 def _preload() -> None:
     import importlib
     import pkgutil
@@ -236,11 +246,10 @@ def _preload() -> None:
             for info in pkgutil.iter_modules(mod.__path__, package + "."):
                 if info.name not in ("ddlib.repro", "ddlib.launch", "ddlib.plan"):
                     importlib.import_module(info.name)
-    import matplotlib.pyplot  # noqa: F401
-    import seaborn  # noqa: F401   (figures imports it lazily; the report stage uses it)
-    import nbformat  # noqa: F401
-    import papermill.cli  # noqa: F401
-    from IPython.core.interactiveshell import InteractiveShell  # noqa: F401
+    for name in LAZY_IMPORTS:
+        importlib.import_module(name)
+    from PIL import Image
+    Image.init()                    # PIL's image plugins, which a first savefig would load
     from papermill.engines import papermill_engines
     papermill_engines.register(ENGINE, _engine())
 

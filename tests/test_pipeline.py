@@ -92,7 +92,7 @@ def test_tiny_dvc_repro_end_to_end(tmp_path):
     params["profile"] = "tiny"
     params["grid"] = {"datasets": ["fashion_mnist"], "methods": list(GRID), "ipcs": [1], "buffers": ["plain", "flat"],
                       "generators": ["dcgan"], "teachers": ["standard"], "xarch": ["dm"], "kd": ["random"],
-                      "xarch_ipcs": [1], "continual": ["dm"], "robustness": ["dm"],
+                      "xarch_ipcs": [1], "continual": ["dm"], "robustness": ["dm"], "robustness_ipcs": [1],
                       "privacy": ["random"], "privacy_ipcs": [1], "nas": ["random"], "nas_ipcs": [1],
                       "federated": ["random"], "federated_ipcs": [1]}
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -69,6 +69,20 @@ def test_a_notebook_runs_in_the_warm_process_with_a_kernel_s_outputs(warm, tmp_p
     assert meta["parameters"] == {"x": 3} and meta["duration"] > 0 and not meta["exception"]
 
 
+def test_a_stage_s_first_training_step_and_figure_import_nothing_new(warm, tmp_path):
+    """torch imports torch._dynamo (~880 modules, ~1.3 s) on the first optimizer step; the warm process has."""
+    nb = notebook(tmp_path / "nb.ipynb", "x = 1",
+                  "import sys\nbefore = set(sys.modules)\nimport torch\nimport matplotlib.pyplot as plt\n"
+                  "net = torch.nn.Linear(2, 1)\nopt = torch.optim.SGD(net.parameters(), lr=0.1)\n"
+                  "net(torch.ones(3, 2)).sum().backward()\nopt.step()\n"
+                  f"plt.plot([1, 2]); plt.savefig({str(tmp_path / 'f.png')!r})\n"
+                  "print('new', sorted(set(sys.modules) - before))")
+    proc = client(nb, tmp_path / "out.ipynb", env={**os.environ, repro.ENV_SOCKET: warm})
+    assert proc.returncode == 0, proc.stderr
+    new = eval(proc.stdout.split("new ", 1)[1].splitlines()[0])
+    assert "torch._dynamo" not in new and len(new) < 10, new
+
+
 def test_a_failing_cell_stops_the_notebook_and_the_command_fails(warm, tmp_path):
     nb = notebook(tmp_path / "nb.ipynb", "x = 1", "raise ValueError(f'boom {x}')", "print('never')")
     proc = client(nb, tmp_path / "out.ipynb", env={**os.environ, repro.ENV_SOCKET: warm})
