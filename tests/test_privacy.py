@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ddlib import evaluate, grid, methods, nets, params
-from ddlib.apps import privacy
+from ddlib.apps import privacy, shared
 
 PARAMS = params.load("params.yaml")
 PRIVACY = PARAMS["privacy"]
@@ -105,6 +105,11 @@ def test_lira_scores_nothing_when_in_and_out_look_alike():
     partial = member.clone()
     partial[:2, 0] = False
     assert torch.isfinite(privacy.lira(base, shadows, partial, online=True)).all()
+
+
+def test_a_cell_without_a_current_record_is_one_row_of_its_table():
+    assert shared.missing_row("dm", True, 2) == "| dm | stale | stale |"
+    assert shared.missing_row("fedavg", False, 3) == "| fedavg | not run | not run | not run |"
 
 
 def test_population_and_ipc_errors(tiny_train, tiny_test):

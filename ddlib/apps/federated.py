@@ -59,6 +59,7 @@ from .. import data, evaluate, methods, nets, params, provenance, runtime
 from ..data import LabeledImages
 from ..synset import SyntheticSet
 from ..train import accuracy, fit
+from . import shared
 
 KEYS = ("clients", "alpha", "population", "min_images", "nets", "rounds", "local_epochs")
 
@@ -111,7 +112,7 @@ def check(all_params: dict, profile: str, grid: dict | None) -> list[str]:
         problems.append(f"federated section: {err}")
     grid = grid if isinstance(grid, dict) else {}   # the methods and IPCs of the grid: ddlib/grid.py checks them
     ipcs = grid.get("federated_ipcs")
-    if cfg is not None and not _problems(cfg) and cfg["population"] is not None:
+    if cfg is not None and not problems and cfg["population"] is not None:
         largest = max([i for i in ipcs if _count(i, 1)] or [1]) if isinstance(ipcs, list) else 1
         if cfg["population"] < largest:
             problems.append(f"federated.population: {cfg['population']} images per class: no client can hold IPC "
@@ -126,13 +127,7 @@ def check(all_params: dict, profile: str, grid: dict | None) -> list[str]:
 
 def population(train: LabeledImages, per_class: int | None, seed: int) -> LabeledImages:
     """The fixed population: `per_class` training images of each class (None: the whole split)."""
-    if per_class is None:
-        return train
-    short = {c: len(i) for c, i in enumerate(train.class_indices()) if len(i) < per_class}
-    if short:
-        raise ValueError(f"federated.population={per_class} images per class, but {train.spec.name} has fewer in "
-                         f"classes {short} (class: images)")
-    return train.subset(per_class, torch.Generator().manual_seed(seed))
+    return shared.population(train, per_class, seed, "federated.population")
 
 
 def dirichlet_split(labels: torch.Tensor, clients: int, alpha: float, seed: int) -> list[torch.Tensor]:
@@ -378,7 +373,7 @@ def markdown(records: dict[str, dict], dataset: str, methods: list[str], ipcs: l
                 "|---|---|---|---|---|"]
         for m, r, why in cells:
             if r is None or why:
-                out.append(f"| {m} |" + (" stale |" if why else " not run |") * 4)
+                out.append(shared.missing_row(m, bool(why), 4))
                 continue
             acc = f"{r['mean']:.1f}" + (f" ± {r['std']:.1f}" if len(r["test_acc"]) > 1 else "")
             if base is None:
@@ -404,7 +399,7 @@ def markdown(records: dict[str, dict], dataset: str, methods: list[str], ipcs: l
 def _baseline_rows(base: dict | None, why: str | None, ran: bool) -> list[str]:
     """FedAvg's first and final rounds and the centralised ceiling (stale / not run rows without a record)."""
     if base is None:
-        return ["| fedavg |" + (" stale |" if why else " not run |") * 4] if ran or why else []
+        return [shared.missing_row("fedavg", bool(why), 4)] if ran or why else []
     first, last = base["curve"][0], base["curve"][-1]
     rows = [(f"fedavg, round {p['round']}" + (" (final)" if p is last else ""), f"{p['test_acc']:.1f}",
              human_bytes(p["uplink_bytes"])) for p in ([first, last] if first is not last else [last])]

@@ -39,6 +39,7 @@ from .. import evaluate, methods, params, provenance, runtime
 from ..data import LabeledImages
 from ..synset import SyntheticSet
 from ..train import accuracy
+from . import shared
 
 FPRS = (0.001, 0.01)
 
@@ -68,11 +69,7 @@ def check(all_params: dict, profile: str, grid: dict) -> list[str]:
 
 def population(train: LabeledImages, per_class: int, seed: int) -> LabeledImages:
     """The fixed attack population: `per_class` training images of each class."""
-    short = {c: len(i) for c, i in enumerate(train.class_indices()) if len(i) < per_class}
-    if short:
-        raise ValueError(f"privacy.population={per_class} images per class, but {train.spec.name} has fewer in "
-                         f"classes {short} (class: images)")
-    return train.subset(per_class, torch.Generator().manual_seed(seed))
+    return shared.population(train, per_class, seed, "privacy.population")
 
 
 def halves(labels: torch.Tensor, models: int, seed: int) -> torch.Tensor:
@@ -262,7 +259,7 @@ def markdown(records: dict[str, dict], dataset: str, methods: list[str], ipcs: l
                 "|---|---|---|---|---|---|"]
         for m, r, why in cells:
             if r is None or why:
-                out.append(f"| {m} |" + (" stale |" if why else " not run |") * 5)
+                out.append(shared.missing_row(m, bool(why), 5))
                 continue
             loss, lr = r["attacks"]["loss"], r["attacks"]["lira_online"]
             out.append(f"| {m}{' †' if r['shared_inputs'] else ''} | {statistics.fmean(r['test_acc']):.1f} | "
