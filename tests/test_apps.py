@@ -73,13 +73,17 @@ def test_settings_and_grid_check():
 
 def test_report_section_marks_missing_and_stale_cells(tmp_path):
     rec = {"method": "dm", "dataset": "fashion_mnist", "ipc": 10, "steps": 2, "orders": [[0, 1]],
-           "mean": [91.25, 80.0], "std": [0.5, 1.0]}
-    records = {"dm-fashion_mnist-10": rec, "dsa-fashion_mnist-10": {**rec, "method": "dsa"}}
+           "accs": [[90.75, 91.75], [79.0, 81.0]], "mean": [91.25, 80.0], "std": [0.5, 1.0]}
+    one = {**rec, "method": "random", "ipc": 1, "accs": [[90.0], [70.0]], "mean": [90.0, 70.0], "std": [0.0, 0.0]}
+    tens = {"dm-fashion_mnist-10": rec, "dsa-fashion_mnist-10": {**rec, "method": "dsa"}}
+    records = {**tens, "random-fashion_mnist-1": one}
     md = "\n".join(continual.markdown(records, "fashion_mnist", ["random", "dm", "dsa"], [1, 10],
                                       {"continual@dsa-fashion_mnist-10": "changed deps"}))
     assert "| random | not run | not run |" in md and "| dm | 91.2 ± 0.5 | 80.0 ± 1.0 |" in md
-    assert "| dsa | stale | stale |" in md and "IPC 1 " not in md      # no IPC-1 result at all: no table
-    paths = continual.figures_of(records, "fashion_mnist", ["random", "dm", "dsa"], [1, 10], tmp_path,
+    assert "| dsa | stale | stale |" in md and "| random | 90.0 | 70.0 |" in md   # one accuracy: no "± 0.0"
+    paths = continual.figures_of(tens, "fashion_mnist", ["random", "dm", "dsa"], [1, 10], tmp_path,
                                  {"continual@dsa-fashion_mnist-10": "changed deps"})
     assert [p.name for p in paths] == ["fashion_mnist_continual_10.png"] and paths[0].stat().st_size > 0
     assert continual.markdown(records, "cifar10", ["dm"], [10], None) == []
+    assert "IPC 1 " not in "\n".join(continual.markdown({"dm-fashion_mnist-10": rec}, "fashion_mnist", ["dm"], [1, 10],
+                                                        None))         # no IPC-1 result at all: no table

@@ -113,7 +113,7 @@ def markdown(records: dict[str, dict], dataset: str, methods: list[str], ipcs: l
            f"{any_rec['steps']} steps, in {len(any_rec['orders'])} class order(s) (numpy permutations, seeds 0..); "
            "after each step a fresh ConvNet trains on the memory, the set's images of every class seen so far, "
            "with the evaluation protocol, and is scored on the seen classes' test images. Mean ± std over orders "
-           "and networks; the memory is each class's part of the set distilled with all classes at once (DM's "
+           "and networks (one accuracy alone: no ±); the memory is each class's part of the set distilled with all classes at once (DM's "
            "paper distils per step: methods whose networks see every class are favoured here).", ""]
     for ipc in ipcs:
         rows = [(m, mine.get(results.key(m, dataset, ipc))) for m in methods]
@@ -128,7 +128,8 @@ def markdown(records: dict[str, dict], dataset: str, methods: list[str], ipcs: l
             if r is None or why:
                 out.append(f"| {m} | " + " | ".join(["stale" if why else "not run"] * steps) + " |")
             else:
-                out.append(f"| {m} | " + " | ".join(f"{a:.1f} ± {s:.1f}" for a, s in zip(r["mean"], r["std"])) + " |")
+                out.append(f"| {m} | " + " | ".join(f"{a:.1f}" + (f" ± {s:.1f}" if len(n) > 1 else "")
+                                                    for a, s, n in zip(r["mean"], r["std"], r["accs"])) + " |")
         out += ["", f"![continual IPC {ipc}](figures/{dataset}_continual_{ipc}.png)", ""]
     return out
 
