@@ -152,6 +152,29 @@ def test_run_refuses_shared_inputs_for_clients_lacking_classes(tiny_train, tiny_
     assert record["shared_inputs"] == ["data/fashion_mnist/zca.pt"] and min(record["unsent_images"]) == 0
 
 
+def test_the_grid_check_finds_the_clients_run_would_refuse(tiny_train, tiny_test, monkeypatch):
+    """The split's counts depend on the class counts and the seed only: the check's count-only labels give the
+    run's split, so the check names the very clients `run` refuses, before anything runs."""
+    pop = federated.population(tiny_train, 4, seed=0)
+    labels = torch.arange(10).repeat_interleave(4)
+    for alpha in (0.05, 0.5, 5.0):
+        assert torch.equal(federated.counts(pop.y, federated.dirichlet_split(pop.y, 3, alpha, 1), 10),
+                           federated.counts(labels, federated.dirichlet_split(labels, 3, alpha, 1), 10))
+    monkeypatch.setattr(methods, "inputs", lambda *a, **k: ["data/fashion_mnist/buffers/plain"])
+    cfg = {**params.resolve(PARAMS["federated"], "tiny"), "alpha": 0.05}
+    with pytest.raises(ValueError, match="made for all 10 classes") as err:
+        federated.run("random", tiny_train, tiny_test, {}, TINY, cfg, ipc=1, device="cpu")
+    refused = str(err.value).split("but clients ")[1].split("]")[0] + "]"
+    skewed = {**PARAMS, "seed": 0, "federated": {"paper": PARAMS["federated"]["paper"], "quick": cfg}}
+    problems = federated.check(skewed, "quick", {**GRID, "federated": ["random"]})
+    assert len(problems) == 1 and f"clients {refused} would hold fewer classes with >= 1 images" in problems[0]
+    assert "grid.federated: random at IPC 1 reads ['data/fashion_mnist/buffers/plain']" in problems[0]
+    assert "raise federated.alpha" in problems[0]
+    iid = {**PARAMS, "federated": {"paper": PARAMS["federated"]["paper"],
+                                   "quick": {**cfg, "alpha": 1e6, "clients": 2, "population": 12}}}
+    assert federated.check(iid, "quick", {**GRID, "federated": ["random"]}) == []
+
+
 def test_run_fedavg_and_the_centralised_ceiling(tiny_train, tiny_test):
     cfg = {**params.resolve(PARAMS["federated"], "tiny"), "rounds": 2}
     rounds = []

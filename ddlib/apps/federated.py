@@ -35,7 +35,8 @@ initialisation trained on the whole population for rounds x local_epochs epochs 
 
 Shared inputs. A method that reads files made from the whole training split (expert buffers, generators; the ZCA
 transform of a ZCA-space method) saw every client's data: the record lists them and the report marks the row †.
-Those files are built for all classes, so a client lacking a class cannot use them: `run` refuses (ValueError).
+Those files are built for all classes, so a client lacking a class cannot use them: `run` refuses (ValueError), and
+the grid check finds it before anything runs when the population is a number of images per class.
 
     results/federated/<method>-<dataset>-<ipc>/federated.json = {method, dataset, ipc, clients, alpha, population,
         split, skew, min_images, sent_classes, sent_images, unsent_images, client_bytes, uplink_bytes, test_acc,
@@ -122,7 +123,45 @@ def check(all_params: dict, profile: str, grid: dict | None) -> list[str]:
             if cfg["population"] * data.get_spec(name).num_classes < cfg["clients"]:
                 problems.append(f"federated.population: {cfg['population']} images per class of {name} cannot give "
                                 f"each of the {cfg['clients']} clients an image")
+            else:
+                problems += _shared_input_problems(all_params, profile, grid, cfg, name)
     return problems
+
+
+def _shared_input_problems(all_params: dict, profile: str, grid: dict, cfg: dict, dataset: str) -> list[str]:
+    """What `run` would refuse, found before anything runs: a method of grid.federated that reads files made for
+    every class, at an IPC where some client would distil only some classes. The split's counts depend on the
+    class counts and the seed only, so labels with `population` images of each class give the run's split."""
+    num_classes, seed = data.get_spec(dataset).num_classes, int(all_params.get("seed", 0))
+    labels = torch.arange(num_classes).repeat_interleave(int(cfg["population"]))
+    split = counts(labels, dirichlet_split(labels, int(cfg["clients"]), float(cfg["alpha"]), seed + 1), num_classes)
+    ipcs = [i for i in grid.get("federated_ipcs") or [] if _count(i, 1)]
+    out = []
+    for method in (m for m in grid.get("federated") or [] if m in methods.available()):
+        for ipc in ipcs:
+            try:
+                files = methods.inputs(method, params.method_params(all_params, method, profile), dataset=dataset,
+                                       ipc=ipc, data_root="data")
+            except Exception:   # noqa: BLE001 - a method's bad settings are the method check's to name
+                continue
+            need = max(int(cfg["min_images"] or 0), ipc)
+            if files and (lacking := _partial(_sent(split, need), num_classes)):
+                out.append(f"grid.federated: {method} at IPC {ipc} reads {[str(f) for f in files]}, made for all "
+                           f"{num_classes} classes of {dataset}, but clients {lacking} would hold fewer classes with "
+                           f">= {need} images (federated.clients {cfg['clients']}, alpha {cfg['alpha']}, population "
+                           f"{cfg['population']}): take {method} out of grid.federated, or raise federated.alpha or "
+                           "federated.population")
+    return out
+
+
+def _sent(split: torch.Tensor, need: int) -> list[list[int]]:
+    """The classes each client distils: those it holds at least `need` images of."""
+    return [[c for c in range(split.shape[1]) if split[k, c] >= need] for k in range(split.shape[0])]
+
+
+def _partial(sent: list[list[int]], num_classes: int) -> list[int]:
+    """The clients that send some classes but not all (they cannot use files made for every class)."""
+    return [k for k, s in enumerate(sent) if s and len(s) < num_classes]
 
 
 def population(train: LabeledImages, per_class: int | None, seed: int) -> LabeledImages:
@@ -236,8 +275,8 @@ def run(method: str, train: LabeledImages, test: LabeledImages, method_params: d
                                                  data_root=data_root), *([zca_file] if pop.zca else [])]))
     per_class = [str(p) for p in shared if p != zca_file]   # experts, generators: built for every class
     split = counts(pop.y, parts, num_classes)
-    sent = [[c for c in range(num_classes) if split[k, c] >= need] for k in range(len(parts))]
-    if per_class and (lacking := [k for k, s in enumerate(sent) if s and len(s) < num_classes]):
+    sent = _sent(split, need)
+    if per_class and (lacking := _partial(sent, num_classes)):
         raise ValueError(f"{method} reads {per_class}, made for all {num_classes} classes, but clients {lacking} "
                          f"hold fewer classes with >= {need} images: their restricted sets cannot use them")
     client_sets = []
