@@ -37,12 +37,11 @@ class Protocol:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     dsa: bool = True                 # DSA augmentation while training the evaluation net
-    num_seeds: int = 5
+    num_seeds: int | dict = 5        # or {ipc: n} (a profile may spend seeds where the spread is widest)
     test_subset: int | None = None   # images per class of a fixed stratified test subset; None = full test set
 
     def __post_init__(self):
-        if self.num_seeds < 1:
-            raise ValueError(f"num_seeds must be >= 1, got {self.num_seeds}")
+        params.check_count(self.num_seeds, "num_seeds")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if isinstance(self.lr, str) and self.lr != "learned":
@@ -52,6 +51,9 @@ class Protocol:
     @property
     def train_epochs(self) -> int:
         return self.epochs if self.epochs is not None else (1000 if self.dsa else 300)
+
+    def seeds_at(self, ipc: int) -> int:
+        return params.per_ipc(self.num_seeds, ipc, "evaluation num_seeds")
 
 
 def protocol(all_params: dict, profile: str | None = None) -> Protocol:
@@ -74,16 +76,16 @@ def test_split(test: LabeledImages, protocol: Protocol) -> LabeledImages:
 
 def trained_nets(synset: SyntheticSet, spec: data.DatasetSpec, protocol: Protocol = Protocol(), *,
                  device: str | torch.device = "auto", seed: int = 0):
-    """Yield (net_seed, net) for each of `protocol.num_seeds` fresh nets trained on the set by the protocol, for
-    a dataset `spec` (classes, DSA strategy): `evaluate` scores each on the test split, the applications
-    (ddlib/apps) attack them."""
+    """Yield (net_seed, net) for each of the protocol's `num_seeds` (at the set's IPC) fresh nets trained on the
+    set by the protocol, for a dataset `spec` (classes, DSA strategy): `evaluate` scores each on the test split,
+    the applications (ddlib/apps) attack them."""
     device = runtime.resolve_device(device)
     lr = _eval_lr(synset, protocol)
     x, y = synset.images.to(device), synset.labels.to(device)
     strategy = spec.dsa_strategy
     dsa = (lambda xb, gen: augment.dsa(xb, strategy, gen, siamese=False)) if protocol.dsa else None
     epochs = protocol.train_epochs
-    for i in range(protocol.num_seeds):
+    for i in range(protocol.seeds_at(synset.ipc)):
         net_seed = seed * 1000 + i
         net = nets.make_net(protocol.model, x.shape[1], spec.num_classes, x.shape[-2:], seed=net_seed).to(device)
         # DC's rule: without DSA a BatchNorm net still trains on augmented batches (crop or noise)
@@ -98,7 +100,8 @@ def trained_nets(synset: SyntheticSet, spec: data.DatasetSpec, protocol: Protoco
 
 def evaluate(synset: SyntheticSet, test: LabeledImages, protocol: Protocol = Protocol(), *,
              device: str | torch.device = "auto", seed: int = 0, progress=None) -> dict:
-    """Train `protocol.num_seeds` fresh nets on the set; returns accs (percent), mean, std and provenance."""
+    """Train the protocol's `num_seeds` (at the set's IPC) fresh nets on the set; returns accs (percent), mean,
+    std and provenance."""
     device = runtime.resolve_device(device)
     lr = _eval_lr(synset, protocol)
     if synset.dataset != test.spec.name:
@@ -117,6 +120,7 @@ def evaluate(synset: SyntheticSet, test: LabeledImages, protocol: Protocol = Pro
     return {"method": synset.method, "dataset": synset.dataset, "ipc": synset.ipc,
             "synset_sha256": synset.content_hash(), "accs": accs,
             "mean": statistics.fmean(accs), "std": statistics.pstdev(accs),
-            "seeds": [seed * 1000 + i for i in range(protocol.num_seeds)],
-            "protocol": {**asdict(protocol), "epochs": protocol.train_epochs, "lr": lr, "test_images": len(x_test)},
+            "seeds": [seed * 1000 + i for i in range(len(accs))],
+            "protocol": {**asdict(protocol), "num_seeds": len(accs), "epochs": protocol.train_epochs, "lr": lr,
+                         "test_images": len(x_test)},
             "wall_time_s": time.perf_counter() - start, **provenance.record(device)}

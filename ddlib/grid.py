@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from . import data, methods, nets
-from .params import APPLIED, PROFILES, resolve
+from . import data, evaluate, kd, methods, nets
+from .params import APPLIED, PROFILES, per_ipc, resolve
 
 APPS = ("continual", "robustness", "privacy", "nas", "federated")   # ddlib/apps/<name>.py, each with check()
 
@@ -86,6 +86,14 @@ def check(all_params: dict, root: str | Path = ".") -> None:
         nets_to_check += [("xarch.archs", a) for a in resolve(all_params["xarch"], profile)["archs"]]
     except (KeyError, ValueError, TypeError) as err:
         problems.append(f"evaluation / xarch sections: {err}")
+    for section, module in (("evaluation", evaluate), ("kd", kd)):   # seeds per IPC: one for each IPC run
+        ipcs = grid.get("ipcs", []) if section == "evaluation" else grid.get("kd_ipcs", grid.get("ipcs", []))
+        try:
+            seeds = module.protocol(all_params, profile).num_seeds
+            for ipc in ipcs:
+                per_ipc(seeds, ipc, f"{section}.{profile}.num_seeds")
+        except (KeyError, ValueError, TypeError) as err:
+            problems.append(f"{section} section: {err}")
     for where, arch in nets_to_check:
         for name in grid.get("datasets", []):
             if name in data.available():

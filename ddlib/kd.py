@@ -40,13 +40,14 @@ class Protocol:
     temperature: float = 20.0           # KL temperature (RDED with CutMix)
     rrc_min: float = 1.0                # RandomResizedCrop area scale low end (RDED: 1/factor; factor 1 on CIFAR)
     cutmix_p: float = 1.0               # probability of CutMix per batch
-    num_seeds: int = 5
+    num_seeds: int | dict = 5           # or {ipc: n}, as evaluate.Protocol
     test_subset: int | None = None      # images per class of evaluate.py's fixed stratified subset (None: all)
 
     def __post_init__(self):
         if self.batch_size is None:
             object.__setattr__(self, "batch_size", {1: 10, 10: 50, 50: 100})
-        if self.epochs < 1 or self.num_seeds < 1 or self.lr <= 0 or self.temperature <= 0:
+        params.check_count(self.num_seeds, "num_seeds")
+        if self.epochs < 1 or self.lr <= 0 or self.temperature <= 0:
             raise ValueError(f"invalid soft-label protocol: {self}")
         if not 0 < self.rrc_min <= 1 or not 0 <= self.cutmix_p <= 1:
             raise ValueError(f"rrc_min must be in (0, 1] and cutmix_p in [0, 1]: {self}")
@@ -130,7 +131,8 @@ def train_student(student: nn.Module, teacher: nn.Module, x: torch.Tensor, proto
 
 def evaluate(synset: SyntheticSet, test: LabeledImages, protocol: Protocol, teacher: nn.Module, *,
              device: str | torch.device = "auto", seed: int = 0, progress=None) -> dict:
-    """Train `protocol.num_seeds` students on the set with the teacher's soft labels; test accuracy per seed."""
+    """Train the protocol's `num_seeds` (at the set's IPC) students on the set with the teacher's soft labels; test
+    accuracy per seed."""
     device = runtime.resolve_device(device)
     if synset.dataset != test.spec.name or synset.zca != test.zca:
         raise ValueError(f"the {synset.method!r} set ({synset.dataset}, zca={synset.zca}) does not match the test split "
@@ -141,7 +143,7 @@ def evaluate(synset: SyntheticSet, test: LabeledImages, protocol: Protocol, teac
     spec, teacher = test.spec, teacher.to(device).eval()
     batch = protocol.batch_for(synset.ipc, spec.num_classes)
     accs, start = [], time.perf_counter()
-    for i in range(protocol.num_seeds):
+    for i in range(params.per_ipc(protocol.num_seeds, synset.ipc, "kd num_seeds")):
         net_seed = seed * 1000 + i
         student = nets.make_net(protocol.student, spec.channels, spec.num_classes, spec.im_size, seed=net_seed).to(device)
         losses = train_student(student, teacher, x, protocol, batch_size=batch, flip="flip" in spec.dsa_strategy,
@@ -153,6 +155,6 @@ def evaluate(synset: SyntheticSet, test: LabeledImages, protocol: Protocol, teac
             progress(i, accs[-1])
     return {"method": synset.method, "dataset": synset.dataset, "ipc": synset.ipc, "track": "soft",
             "synset_sha256": synset.content_hash(), "accs": accs, "mean": statistics.fmean(accs),
-            "std": statistics.pstdev(accs), "seeds": [seed * 1000 + i for i in range(protocol.num_seeds)],
-            "protocol": {**asdict(protocol), "batch": batch, "test_images": len(x_test)},
+            "std": statistics.pstdev(accs), "seeds": [seed * 1000 + i for i in range(len(accs))],
+            "protocol": {**asdict(protocol), "num_seeds": len(accs), "batch": batch, "test_images": len(x_test)},
             "wall_time_s": time.perf_counter() - start, **provenance.record(device)}

@@ -79,6 +79,15 @@ def check_budget(value, name: str, *, allow_none: bool = False) -> None:
             raise ValueError(f"{name} must be a number >= 0 or {{ipc: number}}, got {value!r}")
 
 
+def check_count(value, name: str) -> None:
+    """A count is an integer >= 1 or {ipc: integer >= 1}."""
+    values = value.values() if isinstance(value, dict) and value else [value]
+    if isinstance(value, dict) and not all(isinstance(k, int) and not isinstance(k, bool) for k in value):
+        values = [None]
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        raise ValueError(f"{name} must be an integer >= 1 or {{ipc: integer >= 1}}, got {value!r}")
+
+
 def at_ipc(cfg, ipc: int):
     """The config with every per-IPC field ({ipc: value}, int keys) replaced by its value at `ipc`."""
     per = {f.name: getattr(cfg, f.name) for f in fields(cfg)}

@@ -12,7 +12,8 @@ def test_protocol_epoch_rule_and_validation():
     assert evaluate.Protocol(dsa=True).train_epochs == 1000
     assert evaluate.Protocol(dsa=False).train_epochs == 300
     assert evaluate.Protocol(epochs=7).train_epochs == 7
-    for bad in ({"num_seeds": 0}, {"epochs": 0}, {"lr": "fast"}, {"model": "mlp9"}):
+    for bad in ({"num_seeds": 0}, {"num_seeds": {1: 2, 10: 0}}, {"num_seeds": {"1": 2}}, {"num_seeds": {}},
+                {"num_seeds": 1.5}, {"epochs": 0}, {"lr": "fast"}, {"model": "mlp9"}):
         with pytest.raises(ValueError):
             evaluate.Protocol(**bad)
 
@@ -53,6 +54,35 @@ def test_evaluate_reports_final_accuracy_over_seeds(tiny_train, tiny_test):
     assert out["protocol"]["epochs"] == 3 and out["protocol"]["test_images"] == 20
     again = evaluate.evaluate(synset, tiny_test, protocol, device="cpu", seed=0)
     assert again["accs"] == out["accs"]   # seeded: reproducible
+
+
+def test_seeds_per_ipc_train_that_many_nets_and_name_a_missing_ipc(tiny_train, tiny_test):
+    protocol = evaluate.Protocol(epochs=1, num_seeds={1: 2, 2: 1}, test_subset=2)
+    one, two = (methods.distill("random", tiny_train, ipc=ipc, seed=0) for ipc in (1, 2))
+    out1, out2 = (evaluate.evaluate(s, tiny_test, protocol, device="cpu") for s in (one, two))
+    assert (out1["seeds"], out2["seeds"]) == ([0, 1], [0]) and len(out1["accs"]) == 2 and out2["std"] == 0.0
+    assert out1["protocol"]["num_seeds"] == 2 and out2["protocol"]["num_seeds"] == 1   # the count used, not the table
+    single = evaluate.evaluate(two, tiny_test, evaluate.Protocol(epochs=1, num_seeds=1, test_subset=2), device="cpu")
+    assert single["accs"] == out2["accs"]                 # seed 0's net does not depend on how many follow it
+    three = methods.distill("random", tiny_train, ipc=3, seed=0)
+    with pytest.raises(ValueError, match="num_seeds has no entry for ipc=3.*add one to the profile's block"):
+        evaluate.evaluate(three, tiny_test, protocol, device="cpu")
+
+
+def test_grid_check_names_an_ipc_without_seeds():
+    import copy
+    from pathlib import Path
+    from ddlib import grid, params
+    root = Path(__file__).resolve().parents[1]
+    bad = copy.deepcopy(params.load(root / "params.yaml"))
+    bad["grid"]["ipcs"] = [1, 10, 50]
+    profile = bad["profile"]
+    bad["evaluation"][profile]["num_seeds"] = {1: 2, 10: 1}
+    bad["kd"][profile]["num_seeds"] = {1: 2}
+    with pytest.raises(ValueError) as err:
+        grid.check(bad, root)
+    assert f"evaluation.{profile}.num_seeds has no entry for ipc=50" in str(err.value)
+    assert f"kd.{profile}.num_seeds has no entry for ipc=10" in str(err.value)
 
 
 def test_learned_lr_protocol(tiny_train, tiny_test):

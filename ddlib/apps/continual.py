@@ -113,8 +113,9 @@ def markdown(records: dict[str, dict], dataset: str, methods: list[str], ipcs: l
            f"{any_rec['steps']} steps, in {len(any_rec['orders'])} class order(s) (numpy permutations, seeds 0..); "
            "after each step a fresh ConvNet trains on the memory, the set's images of every class seen so far, "
            "with the evaluation protocol, and is scored on the seen classes' test images. Mean ± std over orders "
-           "and networks (one accuracy alone: no ±); the memory is each class's part of the set distilled with all classes at once (DM's "
-           "paper distils per step: methods whose networks see every class are favoured here).", ""]
+           "and networks (one accuracy alone: no ±); the memory is each class's part of the set distilled with all "
+           "classes at once (DM's paper distils per step: methods whose networks see every class are favoured here).",
+           ""]
     for ipc in ipcs:
         rows = [(m, mine.get(results.key(m, dataset, ipc))) for m in methods]
         steps = max((r["steps"] for _, r in rows if r), default=0)
