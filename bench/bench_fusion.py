@@ -5,6 +5,9 @@ Units (Fashion-MNIST shapes, ConvNet, batch = the whole set as the evaluation pr
               batched head) trained on k independently shuffled and augmented batches, against k models one
               after the other; one SGD step each (same maths: the losses add, the parameters are disjoint);
               and the k models' test pass over 2,000 images, stacked against sequential.
+  fit_many    what ddlib adopted (train.fit_many, evaluate's `stack_seeds`, on by default on a GPU): k evaluation
+              ConvNets trained for a few epochs with DSA by torch.func (stacked parameters, vmapped forward),
+              against k `fit` calls.
   bf16        a training step under torch.autocast(bfloat16) against float32.
   layout      the 2,000-image test pass in channels_last against NCHW.
 Each pair alternates in one process, median of `--repeats` after a warm-up; ratios > 1 mean the candidate is
@@ -122,6 +125,19 @@ def stacked_units(k: int, n: int, test: torch.Tensor | None, repeats: int) -> li
     return rows
 
 
+def fit_many_unit(k: int, n: int, epochs: int, repeats: int) -> dict:
+    from ddlib import augment, train
+    x, y = torch.randn(n, 1, 28, 28).to(DEVICE), (torch.arange(n) % 10).to(DEVICE)
+    dsa = lambda xb, g: augment.dsa(xb, "color_crop_cutout_flip_scale_rotate", g, siamese=False)  # noqa: E731
+    fresh = lambda: [nets.make_net("convnet", 1, 10, (28, 28), seed=i).to(DEVICE) for i in range(k)]  # noqa: E731
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(k)]  # noqa: E731
+    kw = dict(epochs=epochs, lr=0.01, decay_at=epochs // 2 + 1, aug=dsa)
+    seq, fused = median_pair(lambda: [train.fit(m, x, y, gen=g, **kw) for m, g in zip(fresh(), gens())],
+                             lambda: train.fit_many(fresh(), x, y, gens=gens(), **kw), repeats)
+    return {"unit": f"{k} evaluation models, {epochs} epochs with DSA on {n} images each", "reference_s": seq,
+            "candidate": "train.fit_many (torch.func)", "candidate_s": fused}
+
+
 def bf16_unit(n: int, repeats: int) -> dict:
     net = nets.make_net("convnet", 1, 10, (28, 28), seed=0).to(DEVICE)
     x, y = torch.randn(n, 1, 28, 28).to(DEVICE), torch.arange(n, device=DEVICE) % 10
@@ -165,6 +181,7 @@ def main() -> None:
     for k in args.k:
         for n in (10, 100):
             rows += stacked_units(k, n, test if n == 100 else None, args.repeats)   # one test pass per k
+            rows.append(fit_many_unit(k, n, 10, args.repeats))
     rows += [bf16_unit(100, args.repeats), layout_unit(test, args.repeats)]
     print("| unit | reference (s) | candidate | candidate (s) | speed-up |\n|---|---|---|---|---|")
     for r in rows:

@@ -20,11 +20,12 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
+from torch import nn
 
 from . import augment, data, nets, params, provenance, runtime
 from .data import LabeledImages
 from .synset import SyntheticSet
-from .train import accuracy, fit
+from .train import accuracy, fit, fit_many
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class Protocol:
     dsa: bool = True                 # DSA augmentation while training the evaluation net
     num_seeds: int | dict = 5        # or {ipc: n} (a profile may spend seeds where the spread is widest)
     test_subset: int | None = None   # images per class of a fixed stratified test subset; None = full test set
+    stack_seeds: bool | None = None  # train the seeds' nets as one (train.fit_many: the same maths, larger kernels);
+                                     # None = on a GPU only (no gain on the CPU: bench/bench_fusion.py)
 
     def __post_init__(self):
         params.check_count(self.num_seeds, "num_seeds")
@@ -74,28 +77,49 @@ def test_split(test: LabeledImages, protocol: Protocol) -> LabeledImages:
     return test.subset(protocol.test_subset, torch.Generator().manual_seed(12345)) if protocol.test_subset else test
 
 
+def stacks(protocol: Protocol, synset: SyntheticSet, spec: data.DatasetSpec, device: torch.device) -> bool:
+    """Whether the set's evaluation nets train stacked (train.fit_many): asked for (None: on a GPU), several seeds,
+    and a network without buffers (BatchNorm's running statistics)."""
+    wanted = protocol.stack_seeds if protocol.stack_seeds is not None else device.type == "cuda"
+    if not wanted or protocol.seeds_at(synset.ipc) < 2:
+        return False
+    with torch.device("meta"):   # shapes only
+        net = nets.make_net(protocol.model, synset.images.shape[1], spec.num_classes, synset.images.shape[-2:])
+    return not any(b.numel() for b in net.buffers())
+
+
 def trained_nets(synset: SyntheticSet, spec: data.DatasetSpec, protocol: Protocol = Protocol(), *,
                  device: str | torch.device = "auto", seed: int = 0):
     """Yield (net_seed, net) for each of the protocol's `num_seeds` (at the set's IPC) fresh nets trained on the
     set by the protocol, for a dataset `spec` (classes, DSA strategy): `evaluate` scores each on the test split,
-    the applications (ddlib/apps) attack them."""
+    the applications (ddlib/apps) attack them. Stacked (`stacks`) they train together and arrive after it."""
     device = runtime.resolve_device(device)
     lr = _eval_lr(synset, protocol)
     x, y = synset.images.to(device), synset.labels.to(device)
     strategy = spec.dsa_strategy
     dsa = (lambda xb, gen: augment.dsa(xb, strategy, gen, siamese=False)) if protocol.dsa else None
-    epochs = protocol.train_epochs
-    for i in range(protocol.seeds_at(synset.ipc)):
-        net_seed = seed * 1000 + i
-        net = nets.make_net(protocol.model, x.shape[1], spec.num_classes, x.shape[-2:], seed=net_seed).to(device)
-        # DC's rule: without DSA a BatchNorm net still trains on augmented batches (crop or noise)
-        aug = dsa or (augment.crop_noise if nets.has_bn(net) else None)
-        gen = torch.Generator().manual_seed(net_seed)
-        losses = fit(net, x, y, epochs=epochs, lr=lr, batch_size=protocol.batch_size, momentum=protocol.momentum,
-                     weight_decay=protocol.weight_decay, decay_at=epochs // 2 + 1, aug=aug, gen=gen)
+    epochs, k = protocol.train_epochs, protocol.seeds_at(synset.ipc)
+    make = lambda s: nets.make_net(protocol.model, x.shape[1], spec.num_classes, x.shape[-2:], seed=s)  # noqa: E731
+    kw = dict(epochs=epochs, lr=lr, batch_size=protocol.batch_size, momentum=protocol.momentum,
+              weight_decay=protocol.weight_decay, decay_at=epochs // 2 + 1)
+    seeds = [seed * 1000 + i for i in range(k)]
+    if stacks(protocol, synset, spec, device):
+        many = [make(s).to(device) for s in seeds]
+        histories = fit_many(many, x, y, aug=dsa, gens=[torch.Generator().manual_seed(s) for s in seeds], **kw)
+        trained = zip(seeds, many, histories)
+    else:
+        trained = ((s, *_fit_one(make(s).to(device), x, y, dsa, torch.Generator().manual_seed(s), kw))
+                   for s in seeds)
+    for net_seed, net, losses in trained:
         if not math.isfinite(losses[-1]):
             raise FloatingPointError(f"evaluation training diverged (loss {losses[-1]}) for seed {net_seed}")
         yield net_seed, net
+
+
+def _fit_one(net: nn.Module, x: torch.Tensor, y: torch.Tensor, dsa, gen: torch.Generator, kw: dict):
+    # DC's rule: without DSA a BatchNorm net still trains on augmented batches (crop or noise)
+    aug = dsa or (augment.crop_noise if nets.has_bn(net) else None)
+    return net, fit(net, x, y, aug=aug, gen=gen, **kw)
 
 
 def evaluate(synset: SyntheticSet, test: LabeledImages, protocol: Protocol = Protocol(), *,
@@ -122,5 +146,5 @@ def evaluate(synset: SyntheticSet, test: LabeledImages, protocol: Protocol = Pro
             "mean": statistics.fmean(accs), "std": statistics.pstdev(accs),
             "seeds": [seed * 1000 + i for i in range(len(accs))],
             "protocol": {**asdict(protocol), "num_seeds": len(accs), "epochs": protocol.train_epochs, "lr": lr,
-                         "test_images": len(x_test)},
+                         "test_images": len(x_test), "stack_seeds": stacks(protocol, synset, test.spec, device)},
             "wall_time_s": time.perf_counter() - start, **provenance.record(device)}

@@ -1,11 +1,12 @@
+import dataclasses
 import statistics
 
 import pytest
 import torch
 
-from ddlib import evaluate, methods, nets
+from ddlib import augment, evaluate, methods, nets
 from ddlib.synset import SyntheticSet
-from ddlib.train import accuracy, fit
+from ddlib.train import accuracy, fit, fit_many
 
 
 def test_protocol_epoch_rule_and_validation():
@@ -105,3 +106,70 @@ def test_synset_round_trip_and_validation(tmp_path, tiny_train):
         SyntheticSet(torch.zeros(2, 1, 2, 2), torch.tensor([0]), "x", "fashion_mnist", 1)
     with pytest.raises(FileNotFoundError, match="distill stage"):
         SyntheticSet.load(tmp_path / "missing.pt")
+
+
+# --- the seeds' nets trained as one (train.fit_many) -------------------------------------------------------------
+
+def _float64_nets(seeds, name="convnet_w8_d2"):
+    return [nets.make_net(name, 1, 4, (28, 28), seed=s).double() for s in seeds]
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_fit_many_is_k_fit_calls(soft):
+    """Same shuffles, DSA draws, step-size decay and momentum reset per net: in float64 the stacked nets end where k
+    separate `fit` calls end, to rounding."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 1, 28, 28, generator=gen, dtype=torch.float64)
+    y = torch.softmax(torch.randn(12, 4, generator=gen, dtype=torch.float64), 1) if soft else torch.arange(12) % 4
+    dsa = lambda xb, g: augment.dsa(xb, "color_crop_cutout_flip_scale_rotate", g, siamese=False)  # noqa: E731
+    kw = dict(epochs=4, lr=0.01, batch_size=5, decay_at=3, aug=dsa)   # ragged last batch, decay inside the run
+    one_by_one = _float64_nets([0, 1, 2])
+    h_seq = [fit(n, x, y, gen=torch.Generator().manual_seed(s), **kw) for s, n in enumerate(one_by_one)]
+    stacked = _float64_nets([0, 1, 2])
+    h_many = fit_many(stacked, x, y, gens=[torch.Generator().manual_seed(s) for s in range(3)], **kw)
+    assert torch.tensor(h_many).allclose(torch.tensor(h_seq), rtol=0, atol=1e-12)
+    for a, b in zip(one_by_one, stacked):
+        for (name, p), q in zip(a.named_parameters(), b.parameters()):
+            assert torch.allclose(p, q, rtol=0, atol=1e-12), name
+    assert not torch.equal(stacked[0].classifier.weight, stacked[1].classifier.weight)   # each its own net
+
+
+def test_fit_many_refuses_what_it_cannot_train_the_same():
+    x, y = torch.randn(4, 1, 28, 28), torch.arange(4)
+    gens = lambda n: [torch.Generator().manual_seed(i) for i in range(n)]   # noqa: E731
+    bn = [nets.make_net("convnet_w8_d1_bn", 1, 4, (28, 28), seed=s) for s in (0, 1)]
+    with pytest.raises(ValueError, match="BatchNorm.*use fit"):
+        fit_many(bn, x, y, epochs=1, lr=0.01, gens=gens(2))
+    mixed = [nets.make_net("convnet_w8_d1", 1, 4, (28, 28)), nets.make_net("convnet_w16_d1", 1, 4, (28, 28))]
+    with pytest.raises(ValueError, match="one architecture"):
+        fit_many(mixed, x, y, epochs=1, lr=0.01, gens=gens(2))
+    with pytest.raises(ValueError, match="one generator per net"):
+        fit_many(mixed[:1], x, y, epochs=1, lr=0.01, gens=gens(2))
+    with pytest.raises(ValueError, match="NaN"):
+        fit_many(mixed[:1], torch.full_like(x, float("nan")), y, epochs=1, lr=0.01, gens=gens(1))
+
+
+def test_evaluation_stacks_its_seeds_where_asked_and_possible(tiny_train, tiny_test):
+    synset = methods.distill("random", tiny_train, ipc=2, seed=0)
+    cpu = torch.device("cpu")
+    base = evaluate.Protocol(epochs=2, num_seeds=2, test_subset=2)
+    assert not evaluate.stacks(base, synset, tiny_test.spec, cpu)                              # None: GPU only
+    assert evaluate.stacks(evaluate.Protocol(num_seeds=2, stack_seeds=True), synset, tiny_test.spec, cpu)
+    assert not evaluate.stacks(evaluate.Protocol(num_seeds=1, stack_seeds=True), synset, tiny_test.spec, cpu)
+    assert not evaluate.stacks(evaluate.Protocol(model="convnet_bn", num_seeds=2, stack_seeds=True), synset,
+                               tiny_test.spec, cpu)                                             # BatchNorm: in turn
+    stacked = evaluate.Protocol(epochs=2, num_seeds=2, test_subset=2, stack_seeds=True)
+    wide = dataclasses.replace(synset, images=synset.images.double())
+    torch.set_default_dtype(torch.float64)   # nets in float64: the comparison sees the maths, not the rounding
+    try:
+        seq = list(evaluate.trained_nets(wide, tiny_test.spec, base, device="cpu"))
+        many = list(evaluate.trained_nets(wide, tiny_test.spec, stacked, device="cpu"))
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert [s for s, _ in seq] == [s for s, _ in many] == [0, 1]
+    for (_, a), (_, b) in zip(seq, many):
+        for p, q in zip(a.parameters(), b.parameters()):
+            assert p.dtype == torch.float64 and torch.allclose(p, q, rtol=0, atol=1e-10)
+    out = evaluate.evaluate(synset, tiny_test, stacked, device="cpu")
+    assert out["protocol"]["stack_seeds"] is True and len(out["accs"]) == 2
+    assert evaluate.evaluate(synset, tiny_test, base, device="cpu")["protocol"]["stack_seeds"] is False
