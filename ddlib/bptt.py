@@ -1,9 +1,13 @@
 r"""Backpropagation through training: the unroll of performance matching (DD, LD, SLDD; RTP's long inner loop).
 
-A loss on real data is differentiated through N steps of SGD with momentum mu and per-step step sizes lr_i
-(v_0 = 0, PyTorch's convention), on a network evaluated at a flat parameter vector (unroll.FlatNet):
+A loss on real data is differentiated through N steps of SGD with momentum mu_i and step sizes lr_i, each one
+value or one per step (v_0 = 0, PyTorch's convention), on a network evaluated at a flat parameter vector
+(unroll.FlatNet):
 
-    v_{i+1} = mu v_i + g_i(w_i),   w_{i+1} = w_i - lr_i v_{i+1}.
+    v_{i+1} = mu_i v_i + g_i(w_i),   w_{i+1} = w_i - lr_i v_{i+1}.
+
+Step sizes and momenta given as tensors computed from leaves (GTN learns both per step) get their gradient like
+the images do, through `wrt`.
 
 `gradient(...)` gives the exact gradient with a choice of memory: `segment=k` keeps the states (w, v) every k
 steps from a graph-free forward pass, then walks back one segment at a time, rebuilding only that segment's
@@ -23,18 +27,24 @@ import torch.nn.functional as F
 from .unroll import FlatNet, Loss, Plan, _step_loss
 
 
-def _sgd_step(fnet: FlatNet, w, v, x, y, lrs: torch.Tensor, p: Plan, i: int, loss_fn: Loss, momentum: float,
-              create_graph: bool):
+def _at(value, i: int):
+    """The step-i entry of a per-step tensor, or the value itself (a scalar or 0-d tensor)."""
+    return value[i] if torch.is_tensor(value) and value.dim() else value
+
+
+def _sgd_step(fnet: FlatNet, w, v, x, y, lrs: torch.Tensor, p: Plan, i: int, loss_fn: Loss,
+              momentum: float | torch.Tensor, create_graph: bool):
     (g,) = torch.autograd.grad(_step_loss(fnet, w, x, y, p, i, loss_fn), w, create_graph=create_graph)
-    v = momentum * v + g
-    return w - (lrs[i] if lrs.dim() else lrs) * v, v
+    v = _at(momentum, i) * v + g
+    return w - _at(lrs, i) * v, v
 
 
 def train(fnet: FlatNet, w0: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lrs: torch.Tensor, p: Plan, *,
-          momentum: float = 0.0, loss_fn: Loss = F.cross_entropy,
+          momentum: float | torch.Tensor = 0.0, loss_fn: Loss = F.cross_entropy,
           keep: Callable[[int], bool] = lambda i: False) -> tuple[torch.Tensor, dict[int, tuple]]:
     """The N steps without a graph: w_N, and the states (w_i, v_i) before each step i with keep(i)."""
     xd, yd, lrd = x.detach(), y.detach(), lrs.detach()
+    momentum = momentum.detach() if torch.is_tensor(momentum) else momentum
     w, v = w0.detach(), torch.zeros_like(w0)
     saved = {}
     for i in range(len(p.batches)):
@@ -46,11 +56,13 @@ def train(fnet: FlatNet, w0: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lrs
 
 
 def gradient(fnet: FlatNet, w0: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lrs: torch.Tensor, p: Plan,
-             loss: Callable[[torch.Tensor], torch.Tensor], wrt: list[torch.Tensor], *, momentum: float = 0.0,
+             loss: Callable[[torch.Tensor], torch.Tensor], wrt: list[torch.Tensor], *,
+             momentum: float | torch.Tensor = 0.0,
              loss_fn: Loss = F.cross_entropy, segment: int | None = None,
              truncate: int | None = None) -> tuple[float, list[torch.Tensor]]:
-    """loss(w_N) after N = len(p.batches) SGD(+momentum) steps from w0 on (x, y) with step sizes `lrs` ((N,)
-    or a scalar), and its gradient w.r.t. each tensor of `wrt` (leaves that x, y or lrs are computed from;
+    """loss(w_N) after N = len(p.batches) SGD(+momentum) steps from w0 on (x, y) with step sizes `lrs` and
+    `momentum` ((N,) or a scalar each), and its gradient w.r.t. each tensor of `wrt` (leaves that x, y, lrs or
+    momentum are computed from;
     zeros for one the unroll does not reach). Exact for any `segment`; see the module docstring."""
     n = len(p.batches)
     first = 0 if truncate is None else max(n - truncate, 0)

@@ -33,7 +33,7 @@ IPCS = (1, 10, 50)
 # generative), then any other method alphabetically.
 FAMILY_ORDER = ("random", "herding", "kcenter", "dc", "dsa", "dcc", "idc", "accdd", "dm", "cafe", "cafe_dsa",
                 "datadam", "m3d", "idm", "ncfm", "rded", "sre2l", "mtt", "ftd", "tesla", "datm", "kip", "frepo", "rfad", "dd", "ld", "sldd", "rtp", "haba", "kfs", "glad",
-                "itgan", "dim")
+                "itgan", "dim", "gtn")
 
 
 # Methods whose own (published) evaluation is the soft-label track: a teacher relabels every view (beyond-survey.md §1).

@@ -100,6 +100,32 @@ def test_bptt_equals_autograd_through_the_whole_unroll_with_momentum(f64):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-13)
 
 
+def test_learned_per_step_momenta_get_the_autograd_gradient(f64):
+    """GTN's unroll: step sizes and momenta per step, both computed from leaves (log space); every segment size
+    gives plain autograd's gradient for the images and for each step's log-lr and log-momentum."""
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))
+    fnet = unroll.FlatNet(net)
+    x, y = torch.randn(6, 5, requires_grad=True), torch.arange(6) % 3
+    log_lr = torch.log(torch.full((4,), 0.3)).requires_grad_(True)
+    log_mu = torch.log(torch.tensor([0.5, 0.6, 0.7, 0.8])).requires_grad_(True)
+    xr, yr = torch.randn(12, 5), torch.randint(3, (12,))
+    batches = [[0, 1, 2], [3, 4, 5], [0, 2, 4], [1, 3, 5]]
+    w, v = fnet.flatten().requires_grad_(True), 0.0
+    for i, b in enumerate(batches):
+        (g,) = torch.autograd.grad(F.cross_entropy(fnet(w, x[b]), y[b]), w, create_graph=True)
+        v = log_mu.exp()[i] * v + g
+        w = w - log_lr.exp()[i] * v
+    ref = torch.autograd.grad(F.cross_entropy(fnet(w, xr), yr), [x, log_lr, log_mu])
+    for segment in (None, 1, 3):
+        _, grads = bptt.gradient(fnet, fnet.flatten(), x, y, log_lr.exp(), _plan(batches),
+                                 lambda w: F.cross_entropy(fnet(w, xr), yr), [x, log_lr, log_mu],
+                                 momentum=log_mu.exp(), segment=segment)
+        for a, b in zip(grads, ref):
+            assert torch.allclose(a, b, rtol=1e-10, atol=1e-13)
+    assert torch.count_nonzero(ref[2][1:]) == 3 and ref[2][0] == 0   # mu_0 multiplies v_0 = 0
+
+
 def test_truncation_backpropagates_through_the_last_steps_only(f64):
     run = _problem(0.0)[0]
     _, full = run()

@@ -271,3 +271,65 @@ def test_a_killed_dim_run_resumes_to_the_same_generator(tiny_train, tiny_buffers
     assert resumed.provenance["resumed_from"] == 2 and resumed.content_hash() == whole.content_hash()
     a, b = (s.provenance["generator_state"]["state_dict"] for s in (whole, resumed))
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+# --- GTN: a generator, its codes and the learners' step schedule, meta-learned through the unroll ----------------
+
+def test_gtn_weight_norm_layer_and_generator_by_hand():
+    from ddlib.methods import gtn
+    torch.manual_seed(0)
+    lin = gtn.WeightNorm(torch.nn.Linear(3, 2))
+    x = torch.randn(4, 3)
+    assert torch.allclose(lin(x), lin.layer(x), atol=1e-6)                    # g starts at ||v||: the plain layer
+    with torch.no_grad():
+        lin.gain.copy_(torch.tensor([2.0, 3.0]))
+        lin.layer.weight.mul_(5.0)                                           # the direction's scale drops out ...
+    v = lin.layer.weight
+    by_hand = (x @ v.T + lin.layer.bias) * torch.tensor([2.0, 3.0]) / v.norm(dim=1)   # ... bias scaled too (models.py)
+    assert torch.allclose(lin(x), by_hand, atol=1e-6)
+    g = gtn.Generator(8, 3, 1, 28)
+    out = g(torch.randn(5, 8), torch.tensor([0, 1, 2, 0, 1]))
+    assert out.shape == (5, 1, 28, 28) and out.abs().max() <= 2.0
+    assert gtn.Generator(8, 3, 3, 32)(torch.randn(2, 8), torch.tensor([0, 2])).shape == (2, 3, 32, 32)
+    assert list(dict(g.named_buffers())) == []                               # BN on the batch G makes, no statistics
+    with pytest.raises(ValueError, match="multiple of 4"):
+        gtn.Generator(8, 3, 1, 30)
+    assert (gtn.cosine(0, 10, 0.1), gtn.cosine(10, 10, 0.1), gtn.cosine(5, 10, 0.1)) == pytest.approx((1.0, 0.1, 0.55))
+
+
+def test_gtn_learns_generator_codes_and_schedule_and_decodes_to_the_set(tiny_train):
+    from ddlib.methods import gtn
+    p = {"iterations": 2, "inner_steps": 3, "batch_real": 8, "minibatch": 4}
+    syn = methods.distill("gtn", tiny_train, ipc=2, params=p, device="cpu", seed=0)
+    g = gtn.rebuild(syn.provenance["generator_state"])
+    with torch.no_grad():
+        assert torch.equal(g(syn.provenance["codes"]["z"], syn.hard_labels()), syn.images)
+    schedule = syn.provenance["inner_schedule"]
+    assert len(schedule["lr"]) == len(schedule["momentum"]) == 3
+    assert schedule["lr"] != [pytest.approx(0.02)] * 3 and schedule["momentum"] != [pytest.approx(0.5)] * 3   # learned
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        start = gtn.Generator(128, 10, 1, 28)
+    assert not torch.equal(start.fc[0].gain, g.fc[0].gain)                  # G learned from its seeded start
+    st = syn.provenance["storage"]
+    floats = sum(t.numel() for t in g.parameters())
+    assert (st["generator_floats"], st["codes_floats"], st["step_parameters_floats"]) == (floats, 20 * 128, 6)
+    assert st["ipc_stored"] == (floats + 20 * 128 + 6) / (10 * 784) and st["decoded_images"] == 20
+    assert syn.labels.tolist() == [c for c in range(10) for _ in range(2)]
+    with pytest.raises(ValueError, match="zca: false"):
+        gtn.Config(zca=True)
+    with pytest.raises(ValueError, match="invalid GTN config"):
+        gtn.Config(final_lr=0.0)
+
+
+def test_a_killed_gtn_run_resumes_to_the_same_generator_codes_and_schedule(tiny_train, tmp_path, monkeypatch):
+    from ddlib.methods import gtn
+    p = {"iterations": 3, "inner_steps": 2, "batch_real": 8, "checkpoint_every": 1}
+    whole = methods.distill("gtn", tiny_train, ipc=1, params=p, device="cpu", seed=0)
+    ck = tmp_path / "gtn.pt"
+    with killed_at(monkeypatch, gtn, "step", 3):
+        methods.distill("gtn", tiny_train, ipc=1, params=p, device="cpu", seed=0, checkpoint=ck)
+    resumed = methods.distill("gtn", tiny_train, ipc=1, params=p, device="cpu", seed=0, checkpoint=ck)
+    assert resumed.provenance["resumed_from"] == 2 and resumed.content_hash() == whole.content_hash()
+    assert resumed.provenance["inner_schedule"] == whole.provenance["inner_schedule"]
+    assert torch.equal(resumed.provenance["codes"]["z"], whole.provenance["codes"]["z"])
