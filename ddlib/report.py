@@ -136,6 +136,12 @@ def _pm(mean: float | None, std: float | None) -> str:
     return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
 
 
+def _ours(r: dict) -> str:
+    """A result row's accuracy: mean ± std over its seeds, a single seed's value alone (a row without its
+    accuracies: ± where it has a std)."""
+    return _acc(r["acc_mean"], r["acc_std"], 2 if r.get("accs") is None else len(r["accs"]))
+
+
 def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.0f}"
 
@@ -181,7 +187,7 @@ def table_markdown(rows: list[dict], dataset: str, *, checked: bool | None = Non
             if pub and pub.note:
                 theirs += note(f"{m} IPC {ipc}: {pub.note}.")
             if r["status"] == "ok":
-                ours = _pm(r["acc_mean"], r["acc_std"])
+                ours = _ours(r)
                 if len(profiles) > 1:
                     ours += f" [{_profiles(r)}]"
                 factor = (r.get("params") or {}).get("factor") or 1
@@ -396,7 +402,7 @@ def survey_table_markdown(rows: list[dict], grid: dict | None) -> str:
         for d, i in columns:
             r, pub = ok.get((m, d, i)), published(m, d, i)
             ours = "not run" if r is None or r["status"] == "not run" else r["status"] if r["status"] != "ok" else \
-                _pm(r["acc_mean"], r["acc_std"]) + (f" [{_profiles(r)}]" if len(profiles[d, i]) > 1 else "")
+                _ours(r) + (f" [{_profiles(r)}]" if len(profiles[d, i]) > 1 else "")
             line.append(f"{ours} ({_pm(pub.mean, pub.std) if pub else '-'})")
         body.append(line)
     whole = " · ".join(f"{DATASET_NAMES.get(d, d)} {_pm(p.mean, p.std)}" for d in PUBLISHED_DATASETS
@@ -527,7 +533,7 @@ def storage_markdown(rows: list[dict], dataset: str, stored: dict[tuple[str, int
             held = f" (generator {st['generator']:,})" if st.get("generator") else ""
             body.append([r["method"], f"{st['total']:,}" + ("" if parts == str(st["total"]) else f" ({parts})") + held,
                          f"{st['budget']:.3f}" + (" *over*" if st["budget"] > 1.0005 else ""), f"{st['trains_on']:g}",
-                         _pm(r["acc_mean"], r["acc_std"])])
+                         _ours(r)])
         out += [f"IPC {ipc}:", "", *_md_table(["method", "stored floats (pixels+labels+schedule)",
                                                "x the pixel budget", "images per class trained on", "accuracy (%)"],
                                               body), ""]

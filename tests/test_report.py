@@ -202,6 +202,18 @@ def test_table_cells_exact(results_dir):
     assert "not checked" in report.table_markdown(rows, "fashion_mnist", checked=False)
 
 
+def test_a_single_seed_shows_its_value_without_a_spread(results_dir):
+    """The quick profile evaluates IPC 10 with one seed: no "± 0.0" (the full and storage tables use the same)."""
+    results.write_eval({"method": "random", "dataset": "fashion_mnist", "ipc": 10, "accs": [71.25], "mean": 71.25,
+                        "std": 0.0, "seeds": [0], "protocol": PROTOCOL, "wall_time_s": 5.0,
+                        "device": "cpu (x86_64, 2 threads)", "code_version": "def5678", "torch": "2.14.1",
+                        "synset_sha256": _synset("random", "fashion_mnist", 10).content_hash()},
+                       results_dir / "eval" / "random-fashion_mnist-10" / "eval.json", profile="quick")
+    rows = report.rows_for(results.collect(results_dir), report.grid_cells(GRID), {})
+    _, acc = _table_rows(report.table_markdown(rows, "fashion_mnist", checked=True), "| method | IPC")
+    assert acc["random"] == ["52.3 ± 3.1 (51.4 ± 3.8)", "71.2 (73.8 ± 0.7)"]
+
+
 def test_provenance_section(results_dir):
     rows = report.rows_for(results.collect(results_dir), report.grid_cells(GRID), {})
     md = report.table_markdown(rows, "fashion_mnist")
@@ -357,7 +369,7 @@ def test_own_recipe_gets_its_own_labelled_table(tmp_path):
     rows = report.rows_for(results.collect(root), report.grid_cells(grid), None)
     md = report.table_markdown(rows, "fashion_mnist")
     _, main = _table_rows(md, "| method | IPC")
-    assert main["kip"] == ["46.0 ± 0.0 (73.5 ± 0.5[^1])", "46.0 ± 0.0 (86.8 ± 0.1)"]
+    assert main["kip"] == ["46.0 (73.5 ± 0.5[^1])", "46.0 (86.8 ± 0.1)"]   # one seed: no spread
     own_start = md.index("Own evaluation recipe")
     _, own = _table_rows(md[own_start:], "| method | IPC")
     assert own == {"kip": ["81.4 (76.7 ± 0.2)", "86.3 (88.8 ± 0.1)"]}
