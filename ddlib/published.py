@@ -32,8 +32,8 @@ IPCS = (1, 10, 50)
 # feature matching, trajectory matching, kernel ridge regression, backpropagation through training, factorized and
 # generative), then any other method alphabetically.
 FAMILY_ORDER = ("random", "herding", "kcenter", "dc", "dsa", "dcc", "idc", "accdd", "dm", "cafe", "cafe_dsa",
-                "datadam", "m3d", "idm", "ncfm", "rded", "sre2l", "mtt", "ftd", "tesla", "datm", "kip", "frepo", "rfad", "dd", "ld", "sldd", "rtp", "haba", "kfs", "glad",
-                "itgan", "dim", "gtn")
+                "datadam", "m3d", "idm", "ncfm", "rded", "sre2l", "edc", "mtt", "ftd", "tesla", "datm", "kip", "frepo", "rfad", "dd",
+                "ld", "sldd", "rtp", "haba", "kfs", "glad", "itgan", "dim", "gtn")
 
 
 # Methods whose own (published) evaluation is the soft-label track: a teacher relabels every view (beyond-survey.md §1).

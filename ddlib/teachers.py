@@ -8,7 +8,8 @@ checkpoints the weights and the generator after each, so a killed stage resumes 
 momentum buffers restart each epoch: `fit` builds its optimizer per call).
 
 On disk (data/<dataset>/teachers/<name>/): teacher.pt = {state_dict, arch, recipe, fingerprint, test_acc per
-epoch}, and results/teachers/<name>-<dataset>.json the summary the report shows. `load` rebuilds the network in
+epoch}, statistics.pt = its layers' feature statistics on its training images (feature_stats.py: what EDC matches),
+and results/teachers/<name>-<dataset>.json the summary the report shows. `load` rebuilds the network in
 eval mode; a missing teacher names the stage to run, one made for another dataset is refused.
 """
 
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import augment, nets, provenance, runtime
+from . import augment, feature_stats, nets, provenance, runtime
 from .data import DatasetSpec, LabeledImages
 from .train import accuracy, fit
 
@@ -100,6 +101,8 @@ def train(real: LabeledImages, test: LabeledImages, recipe: Recipe, out_dir: str
     out = Path(out_dir) / "teacher.pt"
     runtime.atomic_save({"state_dict": net.state_dict(), "arch": arch, "recipe": asdict(recipe), "fingerprint": fp,
                          "test_acc": record["test_acc"]}, out)
+    with timer:                                   # what G-VBSM/EDC match: per layer, per class, on its training images
+        runtime.atomic_save(feature_stats.collect(net.eval(), real), Path(out_dir) / "statistics.pt")
     partial.unlink(missing_ok=True)
     return {"name": name, "dataset": spec.name, "recipe": asdict(recipe), "fingerprint": fp, **record,
             "train_images": len(real), "test_images": len(test), "num_params": sum(p.numel() for p in net.parameters()),
@@ -127,7 +130,7 @@ def ensure(all_params: dict, name: str, profile: str, *, dataset: str, data_root
     into data_root when it is not there yet; returns its path."""
     from . import data, params   # here: the stage itself never needs them
     path = path_of(name, data_root, dataset)
-    if not path.exists():
+    if not (path.exists() and feature_stats.path_of(name, data_root, dataset).exists()):   # one from before them: again
         recipe = Recipe(**params.resolve(all_params["teachers"][name], profile))
         train(data.load(dataset, "train", root=data_root), data.load(dataset, "test", root=data_root), recipe,
               path.parent, name=name, device=device, seed=seed, checkpoint_dir=checkpoint_dir)

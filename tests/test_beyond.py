@@ -287,6 +287,89 @@ def test_sre2l_recovers_lowers_its_loss_and_stays_in_pixel_range(tiny_train, tin
         sre2l.Config(group=0)
 
 
+# ---------------------------------------------------------------- EDC: G-VBSM's statistics, category-aware and smoothed
+from ddlib import feature_stats  # noqa: E402
+from ddlib.data import LabeledImages  # noqa: E402
+from ddlib.methods import edc  # noqa: E402
+
+
+def test_cells_and_group_statistics_by_hand():
+    h = torch.arange(64.0).view(1, 1, 8, 8)
+    c = feature_stats.cells(h)                                   # four 4x4 cells, row-major
+    assert c.shape == (1, 4, 16) and c[0, 0].tolist() == [r * 8 + k for r in range(4) for k in range(4)]
+    st = feature_stats.batch_stats(h, patches=True)
+    # a cell: columns 0..3 (var 1.25) plus rows 0, 8, 16, 24 (var 64 * 1.25) -> 81.25; means 13.5 + {0, 4, 32, 36}
+    assert st["pmean"].tolist() == [13.5, 17.5, 45.5, 49.5] and st["pvar"].tolist() == [81.25] * 4
+    assert st["mean"].item() == 31.5 and "pmean" not in feature_stats.batch_stats(h, patches=False)
+    assert feature_stats.cells(torch.randn(2, 3, 6, 6)).shape == (2, 4, 48)      # resized up to 8 x 8 first
+
+
+def test_collect_gives_global_and_class_statistics_by_hand(tiny_train):
+    """Images a + b * checkerboard: each has mean a and variance b^2; the BN layer sees twice the image."""
+    board = (torch.arange(4).view(4, 1) + torch.arange(4)) % 2 * 2 - 1.0
+    ab = [(0.0, 1.0, 0), (2.0, 1.0, 0), (1.0, 2.0, 1), (3.0, 0.0, 1)]
+    x = torch.stack([(a + b * board)[None] for a, b, _ in ab])
+    real = LabeledImages(x, torch.tensor([c for *_, c in ab]), tiny_train.spec)
+    conv = torch.nn.Conv2d(1, 1, 1, bias=False)
+    net = torch.nn.Sequential(conv, torch.nn.BatchNorm2d(1)).eval()
+    with torch.no_grad():
+        conv.weight.fill_(2.0)
+    first, second = feature_stats.collect(net, real, batch=4)["layers"]
+    assert (first["name"], first["kind"], second["kind"]) == ("0", "conv", "bn")
+    # all four: mean 1.5, var = mean(a^2 + b^2) - 1.5^2 = 20 / 4 - 2.25; one 4x4 cell = the whole image here
+    assert first["global"]["mean"].item() == pytest.approx(1.5) and first["global"]["var"].item() == pytest.approx(2.75)
+    assert first["global"]["pmean"].tolist() == pytest.approx([1.5])
+    assert first["class"]["mean"][:3, 0].tolist() == [1.0, 2.0, 0.0]             # class 2 has no image
+    assert first["class"]["var"][:2, 0].tolist() == [1.0, 2.0]                   # (1 + 1) / 2, (4 + 0) / 2
+    assert second["class"]["mean"][:2, 0].tolist() == [2.0, 4.0] and second["class"]["var"][:2, 0].tolist() == [4.0, 8.0]
+    assert set(second["class"]) == {"mean", "var"}
+
+
+def test_smoothed_statistic_has_the_running_value_and_the_current_gradient():
+    w = torch.tensor([1.0, 2.0], requires_grad=True)
+    s_hat, e = edc.smooth(3 * w, torch.tensor([10.0, 0.0]), 0.8)
+    assert s_hat.tolist() == pytest.approx([8.6, 1.2]) and e.tolist() == pytest.approx([8.6, 1.2])   # 0.8 e + 0.2 (3, 6)
+    s_hat.sum().backward()
+    assert w.grad.tolist() == [3.0, 3.0]
+    first, e0 = edc.smooth(3 * w, None, 0.8)
+    assert first.tolist() == [3.0, 6.0] and e0.tolist() == [3.0, 6.0]
+
+
+def test_edc_layer_loss_by_hand():
+    s = [torch.tensor([0.0, 0.0]), torch.tensor([1.0, 1.0])]
+    g = [torch.tensor([3.0, 4.0]), torch.tensor([1.0, 1.0])]
+    c = [torch.tensor([0.0, 0.0]), torch.tensor([1.0, 2.0])]
+    assert edc.layer_loss(s, g, c).item() == pytest.approx(0.5 * (5 + 0 + 0 + 1))
+
+
+def test_edc_recovers_from_a_pool_resumes_and_names_missing_statistics(tiny_train, tiny_buffers, tmp_path, monkeypatch):
+    from tests.test_generative import killed_at
+    p = {"iterations": 5, "checkpoint_every": 1}
+    whole = methods.distill("edc", tiny_train, ipc=2, params=p, seed=0, data_root=tiny_buffers)
+    assert whole.images.shape == (20, 1, 28, 28) and whole.labels.tolist() == [c for c in range(10) for _ in range(2)]
+    lo, hi = -tiny_train.spec.mean[0] / tiny_train.spec.std[0], (1 - tiny_train.spec.mean[0]) / tiny_train.spec.std[0]
+    assert whole.images.min() >= lo - 1e-6 and whole.images.max() <= hi + 1e-6
+    used = []
+    real_loss = edc.recover_loss
+    monkeypatch.setattr(edc, "recover_loss", lambda t, *a: used.append(t.net) or real_loss(t, *a))
+    methods.distill("edc", tiny_train, ipc=2, params=p, seed=0, data_root=tiny_buffers)
+    assert used[0] is not used[1] and used[0] is not used[2] and used[3] is used[0]   # three teachers in turn
+    monkeypatch.setattr(edc, "recover_loss", real_loss)
+    ck = tmp_path / "edc.pt"
+    with killed_at(monkeypatch, edc, "recover_loss", 4):      # the smoothing states must travel in the checkpoint
+        methods.distill("edc", tiny_train, ipc=2, params=p, seed=0, data_root=tiny_buffers, checkpoint=ck)
+    resumed = methods.distill("edc", tiny_train, ipc=2, params=p, seed=0, data_root=tiny_buffers, checkpoint=ck)
+    assert resumed.provenance["resumed_from"] == 3 and resumed.content_hash() == whole.content_hash()
+    (tiny_buffers / "fashion_mnist" / "teachers" / "convnet_w32" / "statistics.pt").rename(tmp_path / "moved.pt")
+    try:
+        with pytest.raises(FileNotFoundError, match="dvc repro teachers@convnet_w32-fashion_mnist"):
+            methods.distill("edc", tiny_train, ipc=1, params=p, seed=0, data_root=tiny_buffers)
+    finally:
+        (tmp_path / "moved.pt").rename(tiny_buffers / "fashion_mnist" / "teachers" / "convnet_w32" / "statistics.pt")
+    with pytest.raises(ValueError, match="invalid EDC config"):
+        edc.Config(teachers=())
+
+
 # ---------------------------------------------------------------- M3D: kernel MMD in place of DM's means
 from ddlib.methods import m3d  # noqa: E402
 

@@ -60,14 +60,14 @@ def test_a_method_never_depends_on_another_familys_module():
         # GLaD applies DC's, DM's or MTT's loss in latent space, IT-GAN is GLaD started by GAN inversion, HaBa
         # matches MTT's trajectories with hallucinated images, KFS applies DM's loss to decoded codes, DataDAM adds
         # attention terms to DM's (its classes and draws), M3D a kernel MMD on DM's draws, IDM DM's distance on its
-        # draws; NCFM takes IDC's augmentation and pixel clamp
+        # draws; NCFM takes IDC's augmentation and pixel clamp; EDC is SRe2L's recover with more statistics
         dc, idc, cafe, dd, glad = ({f"ddlib/methods/{x}.py"} for x in ("dc", "idc", "cafe", "dd", "glad"))
         objectives = {f"ddlib/methods/{x}.py" for x in ("dc", "dm", "mtt")}
         allowed = {"dsa": dc, "dcc": dc, "idc": dc, "cafe": dc, "accdd": dc | idc, "cafe_dsa": dc | cafe, "sldd": dd,
                    "glad": objectives, "itgan": objectives | glad, "haba": {"ddlib/methods/mtt.py"},
                    "kfs": {"ddlib/methods/dm.py"}, "datadam": {"ddlib/methods/dm.py"},
                    "m3d": {"ddlib/methods/dm.py"}, "idm": {"ddlib/methods/dm.py"},
-                   "ncfm": dc | idc,
+                   "ncfm": dc | idc, "edc": {"ddlib/methods/sre2l.py"},
                    **{tm: {"ddlib/methods/mtt.py"} for tm in ("ftd", "tesla", "datm")}}.get(m, set())
         assert files[m] & others == allowed, m
     assert "ddlib/methods/coreset.py" in files["herding"] and "ddlib/methods/coreset.py" not in files["dm"]
