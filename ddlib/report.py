@@ -281,8 +281,8 @@ def xarch_markdown(rows: list[dict], records: dict[str, dict], dataset: str, met
 def teachers_markdown(summaries: list[dict], dataset: str, stale: dict[str, str] | None) -> list[str]:
     """The teachers trained here (`teachers` stage): what each is and its test accuracy after each epoch."""
     out = ["## Teachers", "", "Trained here on the training split by the `teachers` stage (nothing is downloaded): the "
-           "soft-label track's teacher and RDED's observer; the last accuracy is the label-robust score's "
-           "\"real data, hard labels\".", ""]
+           "soft-label track's teacher and RDED's observer, EDC's pool; the last accuracy of the track's teacher is "
+           "the label-robust score's \"real data, hard labels\".", ""]
     for s in summaries:
         stage, r = f"teachers@{s['name']}-{dataset}", s["recipe"]
         what = (f"{r['model']}, {r['epochs']} epochs on {s['train_images']:,} training images, SGD {r['lr']:g} "
@@ -682,6 +682,8 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
         taught = [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob(f"teachers/*-{dataset}.json"))]
         taught = [t for t in taught if t["dataset"] == dataset and (grid is None or t["name"] in grid.get("teachers", []))]
         fresh = [t for t in taught if not (stale and f"teachers@{t['name']}-{dataset}" in stale)]
+        track = next((r["protocol"].get("teacher") for r in kd_records.values() if r.get("protocol")), "standard")
+        fresh = [t for t in fresh if t["name"] == track]   # the label-robust score's real data: the track's teacher
         md = [f"# {name}", "", table_markdown(rows, dataset, checked=stale is not None),
               *xarch_markdown(rows, xrecords, dataset, xmethods, stale),
               *soft_markdown(rows, kd_records, dataset, kd_methods, stale),
