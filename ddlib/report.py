@@ -540,8 +540,43 @@ def storage_markdown(rows: list[dict], dataset: str, stored: dict[tuple[str, int
     return out
 
 
-def cost_markdown(rows: list[dict], dataset: str) -> str:
-    """Measured distillation and evaluation cost per cell (varies with the machine and its load)."""
+def soft_cost_rows(rows: list[dict], records: dict[str, dict], dataset: str, methods: list[str],
+                   stale: dict[str, str] | None) -> list[dict]:
+    """The soft-label track's sets with their track-B accuracy (acc_mean/acc_std) beside their own distillation
+    cost: only a kd record made from the very set of the fresh cell."""
+    out = []
+    for r in rows:
+        k = results.key(r["method"], dataset, r["ipc"])
+        rec = records.get(k)
+        if (r["dataset"] == dataset and r["status"] == "ok" and r["method"] in methods and rec
+                and f"kd@{k}" not in (stale or {}) and rec.get("synset_sha256") == r.get("synset_sha256")):
+            out.append({**r, "acc_mean": rec["mean"], "acc_std": rec["std"], "kd_wall_time_s": rec.get("wall_time_s"),
+                        "kd_seeds": len(rec["accs"])})
+    return out
+
+
+def soft_cost_markdown(soft: list[dict], teachers: list[dict], dataset: str) -> list[str]:
+    """Track B beside cost: distillation and soft-label evaluation time, accuracy; the teachers' shared cost."""
+    if not soft:
+        return []
+    _, ipcs, methods, cell = _ordered(soft, dataset)
+    def three(r: dict | None) -> list[str]:
+        return ([_num(r["wall_time_s"]), _num(r["kd_wall_time_s"]), _acc(r["acc_mean"], r["acc_std"], r["kd_seeds"])]
+                if r else ["-", "-", "not run"])
+    body = [[m] + [v for i in ipcs for v in three(cell.get((m, i)))] for m in methods]
+    shared = ", ".join(f"`{t['name']}` {t['wall_time_s']:.0f} s" for t in teachers) or "-"
+    return ["## Soft-label track (B): accuracy vs cost", "",
+            "The same sets under the soft-label track (a separate protocol, `kd` stage) beside what they cost: "
+            "distillation, and the students' training with the teacher relabelling every view. The teachers are "
+            f"trained once per dataset and shared by every method of the track (teachers stage: {shared}).", "",
+            *_md_table(["method"] + [f"IPC {i} {w}" for i in ipcs for w in ("distill (s)", "kd eval (s)", "accuracy (%)")],
+                       body), "",
+            f"![soft-label accuracy vs distillation time]({dataset}_soft_acc_vs_cost.png)", ""]
+
+
+def cost_markdown(rows: list[dict], dataset: str, soft: list[str] = ()) -> str:
+    """Measured distillation and evaluation cost per cell (varies with the machine and its load); `soft`: the
+    soft-label track's section (soft_cost_markdown)."""
     rows, ipcs, methods, cell = _ordered([r for r in rows if r["status"] == "ok"], dataset)
     body = []
     for m in methods:
@@ -556,7 +591,7 @@ def cost_markdown(rows: list[dict], dataset: str) -> str:
                       "Measured by the run that made the numbers in the main report; wall time and memory vary with "
                       "the machine and its load, so these pages are not part of the reproducibility guarantee.", "",
                       *_md_table(header, body), "",
-                      f"![accuracy vs distillation time]({dataset}_acc_vs_cost.png)", ""])
+                      f"![accuracy vs distillation time]({dataset}_acc_vs_cost.png)", "", *soft])
 
 
 def plot_time_to_accuracy(rows: list[dict], path: Path) -> Path:
@@ -732,8 +767,11 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
             md += [f"{r['method']} IPC {r['ipc']}:", "", f"![{r['key']}](figures/grids/{r['key']}.png)", ""]
         written.append(out / f"{dataset}.md")
         written[-1].write_text("\n".join(md))
+        soft = soft_cost_rows(mine, kd_records, dataset, kd_methods, stale)
+        if soft:
+            written.append(figures.plot_acc_vs_cost(soft, dataset, out / "costs" / f"{dataset}_soft_acc_vs_cost.png"))
         written.append(out / "costs" / f"{dataset}.md")
-        written[-1].write_text(cost_markdown(rows, dataset))
+        written[-1].write_text(cost_markdown(rows, dataset, soft_cost_markdown(soft, taught, dataset)))
         counts = {s: sum(r["status"] == s for r in mine) for s in ("ok", "stale", "not run")}
         index.append(f"- [{name}]({dataset}.md): {len(mine)} cells: " +
                      ", ".join(f"{n} {s}" for s, n in counts.items() if n))

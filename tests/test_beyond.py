@@ -214,6 +214,10 @@ def test_report_keeps_the_soft_track_apart_and_scores_label_robustness(tmp_path)
     assert "`standard` (quick profile): convnet_bn, 2 epochs" in page and "70.0, 80.0" in page
     _, main = _table_rows(page, "| method | IPC 1 |")
     assert main["rded"][0].startswith("52.0") and "72.0" not in main["rded"][0]   # never in the classic table
+    costs = (tmp_path / "reports" / "costs" / "fashion_mnist.md").read_text()    # track B beside its sets' cost
+    _, soft = _table_rows(costs, "| method | IPC 1 distill (s) | IPC 1 kd eval (s)")
+    assert soft["rded"][2] == "72.0 ± 1.0" and soft["random"][2] == "68.0 ± 1.0" and "dm" not in soft
+    assert "`standard` 3 s" in costs and (tmp_path / "reports" / "costs" / "fashion_mnist_soft_acc_vs_cost.png").exists()
 
 
 def test_check_grid_names_a_teacher_outside_the_grid():
