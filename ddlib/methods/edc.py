@@ -51,7 +51,7 @@ ID = "edc"
 class Config:
     teachers: tuple = ("standard", "convnet_d1", "convnet_w32")   # recover.py aux_teacher: 8 backbones (R18, ConvNetW128,
     #                                     MobileNetV2, WRN-16-2, ShuffleNetV2-0.5, ConvNetD1, ConvNetD2, ConvNetW32)
-    iterations: int | dict = 75         # --iteration (recover.sh: CIFAR-10 IPC 1)
+    iterations: int | dict = 75         # --iteration (recover.sh: CIFAR-10 IPC 1 75; CIFAR-100 IPC 10 2,000)
     lr_img: float = 0.05                # --lr: Adam on pixels, cosine to 0 over the iterations
     betas: tuple = (0.5, 0.9)           # Adam betas of the recover script
     r_loss: float = 0.01                # --r-loss: weight of the statistics terms
