@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from . import data, evaluate, kd, methods, nets
-from .params import APPLIED, PROFILES, per_ipc, resolve
+from .params import APPLIED, PROFILES, check_count, per_ipc, resolve
 
 APPS = ("continual", "robustness", "privacy", "nas", "federated")   # ddlib/apps/<name>.py, each with check()
 
@@ -71,6 +71,14 @@ def check(all_params: dict, root: str | Path = ".") -> None:
         if not isinstance(ipcs, list) or not ipcs or not set(ipcs) <= set(grid.get("ipcs", [])):
             problems.append(f"grid.{kind}_ipcs must be a non-empty list within grid.ipcs {grid.get('ipcs')} (the "
                             f"{kind} stage reads those IPCs' sets), got {ipcs!r}")
+    ars = (all_params.get("grid") or {}).get("ars_ipcs")
+    if not isinstance(ars, list) or not set(ars) <= set(grid.get("ipcs", [])):
+        problems.append(f"grid.ars_ipcs must be a list within grid.ipcs {grid.get('ipcs')} ([] for none: the IPCs whose "
+                        f"sets the evaluate stage also trains without augmentation), got {ars!r}")
+    try:
+        check_count(resolve(all_params["ars"], profile)["seeds"], f"ars.{profile}.seeds")
+    except (KeyError, ValueError, TypeError) as err:
+        problems.append(f"ars section: {err}")
     nets_to_check = []
     try:
         kd_cfg = resolve(all_params["kd"], profile)

@@ -343,13 +343,24 @@ def label_robust_score(real: float, hard: float, own: float, random_own: float, 
     return {"hlr": hlr, "ior": ior, "lrs": (math.exp(alpha) - math.exp(-1)) / (math.e - math.exp(-1))}
 
 
+def augmentation_robust_score(aug: float, random_aug: float, noaug: float, random_noaug: float,
+                              w: float = 0.5) -> dict:
+    """DD-Ranking's augmentation-robust score on accuracies in percent: beta = w (aug - random_aug) + (1 - w)
+    (noaug - random_noaug) on fractions, ARS = (e^beta - e^-1) / (e - e^-1) (beyond-survey.md §B1)."""
+    beta = (w * (aug - random_aug) + (1 - w) * (noaug - random_noaug)) / 100
+    return {"beta": beta, "ars": (math.exp(beta) - math.exp(-1)) / (math.e - math.exp(-1))}
+
+
 def lrs_markdown(rows: list[dict], records: dict[str, dict], dataset: str, real_acc: float | None,
-                 teacher: str | None) -> list[str]:
+                 teacher: str | None, evals: dict[str, dict] | None = None) -> list[str]:
     """HLR, IOR and LRS for every set of the dataset: hard = the classic table's accuracy, own = the method's own
-    track (the soft-label track for SOFT_TRACK methods, else the classic one), real = the teacher's accuracy."""
+    track (the soft-label track for SOFT_TRACK methods, else the classic one), real = the teacher's accuracy; and
+    where the evaluation also trained without augmentation (evals' `noaug`), that accuracy and ARS."""
     cell = {(r["method"], r["ipc"]): r for r in rows if r["dataset"] == dataset and r["status"] == "ok"}
     soft = {(r["method"], r["ipc"]): r for r in records.values() if r["dataset"] == dataset}
+    bare = {k: (evals or {}).get(r["key"], {}).get("noaug") for k, r in cell.items()}
     ipcs = sorted({i for _, i in cell})
+    ars_ipcs = sorted({i for (_, i), b in bare.items() if b})
     if real_acc is None or not ipcs:
         return []
     body = []
@@ -368,16 +379,28 @@ def lrs_markdown(rows: list[dict], records: dict[str, dict], dataset: str, real_
                 line += [f"{s['hlr']:.1f}", f"{s['ior']:+.1f}", f"{s['lrs']:.3f}"]
             else:
                 line += ["-"] * 3
+        for i in ars_ipcs:
+            own, base = bare.get((m, i)), bare.get(("random", i))
+            if own and base:
+                a = augmentation_robust_score(cell[m, i]["acc_mean"], cell["random", i]["acc_mean"], own["mean"],
+                                              base["mean"])
+                line += [_acc(own["mean"], own["std"], len(own["accs"])), f"{a['ars']:.3f}"]
+            else:
+                line += ["-"] * 2
         body.append(line)
-    return ["## Label robustness (DD-Ranking's LRS)", "",
+    return ["## Label and augmentation robustness (DD-Ranking's LRS and ARS)", "",
             f"Per set: HLR = accuracy of the real data with hard labels (the teacher `{teacher}`: {real_acc:.1f} %) - the "
             "set's accuracy with hard labels (the classic table); IOR = the set's accuracy under its own protocol - "
             "random real images' under the same (the soft-label track for "
             f"{', '.join(m for m in SOFT_TRACK if any(k[0] == m for k in cell)) or 'no method here'}, the classic one "
-            "for the rest); LRS = (e^α - e^-1) / (e - e^-1), α = (IOR - HLR) / 2 on fractions (higher is better). The "
-            "augmentation-robust score (ARS) needs an evaluation of every set without augmentation, which the pipeline "
-            "does not make yet.", "",
-            *_md_table(["method"] + [h for i in ipcs for h in (f"IPC {i} HLR", f"IPC {i} IOR", f"IPC {i} LRS")], body),
+            "for the rest); LRS = (e^α - e^-1) / (e - e^-1), α = (IOR - HLR) / 2 on fractions (higher is better). "
+            "ARS (augmentation-robust score; IPCs of grid.ars_ipcs): the classic protocol once more with the "
+            "augmentation off (\"no aug\", its own seeds); β = ½ (the set's accuracy - random real images', with "
+            "augmentation) + ½ (the same without) on fractions, ARS = (e^β - e^-1) / (e - e^-1) (higher is better). "
+            "For every set, the soft-label methods' included, ARS is the hard-label protocol's (DD-Ranking scores a "
+            "soft-label method under its soft labels).", "",
+            *_md_table(["method"] + [h for i in ipcs for h in (f"IPC {i} HLR", f"IPC {i} IOR", f"IPC {i} LRS")]
+                       + [h for i in ars_ipcs for h in (f"IPC {i} no aug", f"IPC {i} ARS")], body),
             ""]
 
 
@@ -697,6 +720,7 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
     if grid:   # a cell the grid no longer runs (grid.xarch_ipcs) keeps its old file under results/: not shown
         xrecords = {k: r for k, r in xrecords.items() if k in {results.key(*c) for c in applied_cells(grid, "xarch")}}
     kd_records = results.read_all(Path(results_dir) / "kd", "kd.json")
+    evals = results.read_all(Path(results_dir) / "eval", "eval.json")   # for their `noaug` part (ARS)
     app_records = {kind: results.read_all(Path(results_dir) / kind, f"{kind}.json") for kind in APPS}
     written = plot_data(rows, out / "plots")
     index = ["# Reports", ""]
@@ -723,7 +747,7 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
               *xarch_markdown(rows, xrecords, dataset, xmethods, stale),
               *soft_markdown(rows, kd_records, dataset, kd_methods, stale),
               *lrs_markdown(rows, kd_records, dataset, fresh[0]["test_acc"][-1] if fresh else None,
-                            fresh[0]["name"] if fresh else None),
+                            fresh[0]["name"] if fresh else None, evals),
               *storage_markdown(rows, dataset, stored),
               *(line for kind, module in APPS.items()
                 for line in module.markdown(app_records[kind], dataset, *app_axes(grid, kind, app_records[kind]), stale)),

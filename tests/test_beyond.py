@@ -194,6 +194,9 @@ def test_report_keeps_the_soft_track_apart_and_scores_label_robustness(tmp_path)
                                 "mean": b, "std": 1.0, "seeds": [0, 1], "protocol": {"student": "convnet_bn", "teacher": "standard"},
                                 "synset_sha256": _synset(m, "fashion_mnist", 1).content_hash()},
                                root / "kd" / results.key(m, "fashion_mnist", 1) / "kd.json", profile="quick")
+    for m, acc in (("random", 40.0), ("dm", 60.0)):   # trained once more without augmentation (ARS); rded not
+        f = root / "eval" / results.key(m, "fashion_mnist", 1) / "eval.json"
+        f.write_text(json.dumps({**json.loads(f.read_text()), "noaug": {"accs": [acc], "mean": acc, "std": 0.0}}))
     (root / "teachers").mkdir()
     for name, accs in (("standard", [70.0, 80.0]), ("convnet_d1", [60.0, 90.0])):   # the second sorts first: not the
         (root / "teachers" / f"{name}-fashion_mnist.json").write_text(json.dumps({     # track's teacher, not its HLR
@@ -211,6 +214,10 @@ def test_report_keeps_the_soft_track_apart_and_scores_label_robustness(tmp_path)
     # dm: own = classic: HLR 80 - 68 = 12, IOR 68 - 50 = 18; rded: own = soft: HLR 80 - 52 = 28, IOR 72 - 68 = 4
     assert rows["dm"][:2] == ["12.0", "+18.0"] and rows["rded"][:2] == ["28.0", "+4.0"]
     assert rows["rded"][2] == f"{report.label_robust_score(80, 52, 72, 68)['lrs']:.3f}"
+    # ARS: beta = (0.5 (68 - 50) + 0.5 (60 - 40)) / 100 = 0.19 -> (e^0.19 - e^-1) / (e - e^-1); random: beta 0
+    assert rows["dm"][3:] == ["60.0", "0.358"] and rows["random"][3:] == ["40.0", "0.269"] and rows["rded"][3:] == ["-", "-"]
+    assert report.augmentation_robust_score(68, 50, 60, 40)["ars"] == pytest.approx(
+        (math.exp(0.19) - math.exp(-1)) / (math.e - math.exp(-1)))
     assert "`standard` (quick profile): convnet_bn, 2 epochs" in page and "70.0, 80.0" in page
     _, main = _table_rows(page, "| method | IPC 1 |")
     assert main["rded"][0].startswith("52.0") and "72.0" not in main["rded"][0]   # never in the classic table

@@ -86,6 +86,23 @@ def test_grid_check_names_an_ipc_without_seeds():
     assert f"kd.{profile}.num_seeds has no entry for ipc=10" in str(err.value)
 
 
+def test_grid_check_names_bad_ars_ipcs_and_seeds():
+    import copy
+    from pathlib import Path
+    from ddlib import grid, params
+    root = Path(__file__).resolve().parents[1]
+    bad = copy.deepcopy(params.load(root / "params.yaml"))
+    bad["grid"]["ars_ipcs"] = [1, 50]
+    bad["ars"][bad["profile"]]["seeds"] = 0
+    with pytest.raises(ValueError) as err:
+        grid.check(bad, root)
+    assert "grid.ars_ipcs must be a list within grid.ipcs [1, 10]" in str(err.value)
+    assert f"ars section: ars.{bad['profile']}.seeds must be an integer >= 1" in str(err.value)
+    del bad["grid"]["ars_ipcs"]
+    with pytest.raises(ValueError, match="grid.ars_ipcs must be a list"):
+        grid.check(bad, root)
+
+
 def test_learned_lr_protocol(tiny_train, tiny_test):
     synset = methods.distill("random", tiny_train, ipc=1, seed=0)
     with pytest.raises(ValueError, match="learned lr"):

@@ -92,7 +92,7 @@ def test_tiny_dvc_repro_end_to_end(tmp_path):
     params["profile"] = "tiny"
     params["grid"] = {"datasets": ["fashion_mnist"], "methods": list(GRID), "ipcs": [1], "buffers": ["plain", "flat"],
                       "generators": ["dcgan"], "teachers": ["standard"], "xarch": ["dm"], "kd": ["random"],
-                      "xarch_ipcs": [1], "continual": ["dm"], "robustness": ["dm"], "robustness_ipcs": [1],
+                      "xarch_ipcs": [1], "ars_ipcs": [1], "continual": ["dm"], "robustness": ["dm"], "robustness_ipcs": [1],
                       "privacy": ["random"], "privacy_ipcs": [1], "nas": ["random"], "nas_ipcs": [1],
                       "federated": ["random"], "federated_ipcs": [1]}
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -126,7 +126,7 @@ def test_tiny_dvc_repro_end_to_end(tmp_path):
     assert "| dm |" in (work / "reports" / "table1.md").read_text()
     soft = json.loads((work / "results" / "kd" / "random-fashion_mnist-1" / "kd.json").read_text())
     assert soft["track"] == "soft" and soft["profile"] == "tiny" and len(soft["accs"]) == 1
-    assert "## Soft-label track (B)" in table and "## Teachers" in table and "## Label robustness" in table
+    assert "## Soft-label track (B)" in table and "## Teachers" in table and "| IPC 1 ARS |" in table
     cl = json.loads((work / "results" / "continual" / "dm-fashion_mnist-1" / "continual.json").read_text())
     assert cl["profile"] == "tiny" and cl["steps"] == 2 and len(cl["mean"]) == 2 and len(cl["orders"]) == 1
     assert "## Continual learning (class-incremental)" in table and "| dm | " in table.split("## Continual")[1]
