@@ -141,20 +141,18 @@ def distill(real: LabeledImages, cfg: Config, *, ipc: int, device, seed: int, ch
 
     def setup(state: loop.State) -> None:
         state.opt = torch.optim.Adam([state.x_syn], lr=cfg.lr_img, betas=cfg.betas, eps=1e-8)
-        for k, t in enumerate(nets):      # smoothing states, checkpointed with the set; uses[k] = 0: not yet begun
+        for k, t in enumerate(nets):      # smoothing states, checkpointed with the set
             state.extra[f"running{k}"] = torch.zeros(len(batches), t.size, device=device)
-        state.extra["uses"] = torch.zeros(len(nets))
 
     def step(state: loop.State) -> float:
         k = state.iteration % len(nets)
         state.opt.param_groups[0]["lr"] = cfg.lr_img * 0.5 * (1 + math.cos(math.pi * state.iteration / iterations))
         x = kd.random_resized_crop(state.x_syn, state.gen, cfg.crop_scale, flip=flip)
-        running = state.extra[f"running{k}"] if state.extra["uses"][k] > 0 else None
+        running = state.extra[f"running{k}"] if state.iteration >= len(nets) else None   # teacher k's first turn: none
         loss, new = recover_loss(nets[k], x, state.y_syn, batches, running, cfg)
         value = loop.update(state, loss)
         with torch.no_grad():
             state.extra[f"running{k}"].copy_(new)
-            state.extra["uses"][k] += 1
             clamp_to_pixels(state.x_syn, spec.mean, spec.std)
         return value
 
