@@ -2,9 +2,10 @@
 
 Everything the grid names must exist and fit: methods (registered, with a study notebook and a params section),
 datasets, IPCs >= 1, expert / generator / teacher recipes, the methods of each stage family over sets
-(params.APPLIED) and their IPC subsets (`grid.<kind>_ipcs`), the networks the evaluation, cross-architecture and
-soft-label sections build (for each dataset's images), and each application's own section (`check` of its module
-in ddlib/apps). One ValueError lists every problem with the valid choices.
+(params.APPLIED) and their IPC subsets (`grid.<kind>_ipcs`), the networks that the evaluation, cross-architecture
+and soft-label sections and every method, expert and teacher recipe of the grid name (each built for each dataset's
+images), and each application's own section (`check` of its module in ddlib/apps). One ValueError lists every
+problem with the valid choices.
 
 This module, not params.py, imports the applications: params.py is read by every stage, and whatever it imports
 would be in every stage's code fingerprint (ddlib/sources.py), so editing one application would rerun them all.
@@ -32,6 +33,17 @@ def app_problems(all_params: dict, profile: str, grid: dict) -> list[str]:
         except (KeyError, ValueError, TypeError) as err:
             problems.append(f"{name} section: {err}")
     return problems
+
+
+def named_nets(cfg: dict, where: str) -> list[tuple[str, str]]:
+    """(place, name) of every network a resolved section names: keys `model` or `*_model`, nested sections too."""
+    found = []
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            found += named_nets(value, f"{where}.{key}")
+        elif isinstance(value, str) and (key == "model" or key.endswith("_model")):
+            found.append((f"{where}.{key}", value))
+    return found
 
 
 def check(all_params: dict, root: str | Path = ".") -> None:
@@ -89,6 +101,14 @@ def check(all_params: dict, root: str | Path = ".") -> None:
     except (KeyError, ValueError, TypeError) as err:
         problems.append(f"kd section: {err}")
     problems += app_problems(all_params, profile, grid)
+    recipes = [("methods", m) for m in grid.get("methods", [])] + [
+        (kind, name) for kind in ("buffers", "teachers") for name in grid.get(kind, [])]
+    for kind, name in recipes:
+        if name in (all_params.get(kind) or {}):
+            try:
+                nets_to_check += named_nets(resolve(all_params[kind][name], profile), f"{kind}.{name}.{profile}")
+            except (KeyError, ValueError, TypeError) as err:
+                problems.append(f"{kind}.{name}: {err}")
     try:
         nets_to_check.append(("evaluation.model", resolve(all_params["evaluation"], profile)["model"]))
         nets_to_check += [("xarch.archs", a) for a in resolve(all_params["xarch"], profile)["archs"]]

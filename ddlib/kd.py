@@ -9,7 +9,8 @@ a Beta(1, 1)-area box of another image of the batch pasted in), labelled by the 
 minimises T^2 KL(softmax(t(x)/T) || softmax(s(x)/T)) with AdamW (lr, weight decay), the step size following
 lr * 0.5 (1 + cos(pi e / 2E)) over epochs e < E (RDED's schedule: it ends at half the initial lr). The accuracy of
 the last epoch is reported, mean ± std over seeds; nothing is selected by test accuracy (RDED keeps the best of its
-last 20 % of epochs, DD-Ranking the best of every 20th: we do neither).
+last 20 % of epochs, DD-Ranking the best of every 20th: we do neither). `augment=False` trains on the set's images
+as they are (no crop, flip or CutMix; the teacher still labels each): DD-Ranking's "no aug" run of its ARS.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Protocol:
     rrc_min: float = 1.0                # RandomResizedCrop area scale low end (RDED: 1/factor; factor 1 on CIFAR)
     cutmix_p: float = 1.0               # probability of CutMix per batch
     num_seeds: int | dict = 5           # or {ipc: n}, as evaluate.Protocol
+    augment: bool = True                # False: no crop, flip or CutMix (the ARS "no aug" run)
     test_subset: int | None = None      # images per class of evaluate.py's fixed stratified subset (None: all)
 
     def __post_init__(self):
@@ -115,9 +117,11 @@ def train_student(student: nn.Module, teacher: nn.Module, x: torch.Tensor, proto
             group["lr"] = protocol.lr * 0.5 * (1 + math.cos(math.pi * epoch / (2 * protocol.epochs)))
         order, total = torch.randperm(len(x), generator=gen).to(x.device), 0.0
         for start in range(0, len(x), batch_size):
-            xb = random_resized_crop(x[order[start:start + batch_size]], gen, (protocol.rrc_min, 1.0), flip=flip)
-            if len(xb) > 1 and float(torch.rand(1, generator=gen)) < protocol.cutmix_p:
-                xb = paste_box(xb, gen)
+            xb = x[order[start:start + batch_size]]
+            if protocol.augment:
+                xb = random_resized_crop(xb, gen, (protocol.rrc_min, 1.0), flip=flip)
+                if len(xb) > 1 and float(torch.rand(1, generator=gen)) < protocol.cutmix_p:
+                    xb = paste_box(xb, gen)
             with torch.no_grad():
                 target = teacher(xb)
             loss = kd_loss(student(xb), target, protocol.temperature)

@@ -319,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.submit and not args.clone:
         parser.error("--submit goes with --clone (pattern A submits through DD_LAUNCH instead)")
     gpus = gpu_pool(args.gpus)
+    if "ddlib.launch job" in os.environ.get("DD_LAUNCH", ""):   # pattern A: each stage's command becomes a job
+        executor(_launch_settings(root), root)                    # a bad launch section: refused before any stage
     command, env = repro_single, {**os.environ, "DVC_NO_ANALYTICS": "1"}
     if args.clone:
         source, commit = clone_source(root, args.clone)

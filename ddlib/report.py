@@ -206,9 +206,13 @@ def table_markdown(rows: list[dict], dataset: str, *, checked: bool | None = Non
             line.append(f"{ours} ({theirs})")
         body.append(line)
     whole = published("whole", dataset, None)
-    out = [f"Accuracy (%) of a ConvNet trained on each synthetic set: ours, mean ± std over seeds (published "
-           f"mean ± std, Lei & Tao 2024 Table 1). Whole training set (published): "
-           f"{_pm(whole.mean, whole.std) if whole else '-'}. Profile: {', '.join(profiles) or '-'}.", ""]
+    soft = [m for m in SOFT_TRACK if m in methods]
+    out = [f"Classic track (A): accuracy (%) of a ConvNet trained on each synthetic set with its hard labels (or the "
+           f"labels and learning rates the method learned) under the DC-family protocol: ours, mean ± std over seeds "
+           f"(published mean ± std, Lei & Tao 2024 Table 1). Whole training set (published): "
+           f"{_pm(whole.mean, whole.std) if whole else '-'}. Profile: {', '.join(profiles) or '-'}."
+           + (f" {', '.join(soft)} are made for a teacher's soft labels: here with hard labels, their soft-label "
+              f"results in the soft-label track (B) below." if soft else ""), ""]
     out += _md_table(["method"] + [f"IPC {i}" for i in ipcs], body)
     out += below_random(cell, methods, ipcs)
     out += own_markdown(cell, methods, ipcs, dataset)
@@ -268,8 +272,9 @@ def xarch_markdown(rows: list[dict], records: dict[str, dict], dataset: str, met
               "the survey publishes cross-architecture numbers for CIFAR-10 only")
     seeds = sorted({len(got["accs"]) for r in mine for got in r["archs"].values()})
     out = ["## Cross-architecture", "",
-           "Accuracy (%) of other networks trained on the sets distilled with the ConvNet, under the same evaluation "
-           "protocol, only the network changed (`xarch` stage; the convnet column is the table's above): ours, "
+           "Accuracy (%) of other networks trained on the sets distilled with the ConvNet, under the same classic-track "
+           "(A) evaluation protocol, only the network changed (`xarch` stage; the convnet column is the table's above): "
+           "ours, "
            f"{'/'.join(map(str, seeds)) or '-'} seed(s) per network, mean ± std where several ({source}). "
            f"Profile: {', '.join(sorted(profiles)) or '-'}.", "",
            *_md_table(["method"] + [f"IPC {i} {a}" for i in ipcs for a in ["convnet", *archs]], body)]
@@ -360,7 +365,7 @@ def lrs_markdown(rows: list[dict], records: dict[str, dict], dataset: str, real_
     soft = {(r["method"], r["ipc"]): r for r in records.values() if r["dataset"] == dataset}
     bare = {k: (evals or {}).get(r["key"], {}).get("noaug") for k, r in cell.items()}
     ipcs = sorted({i for _, i in cell})
-    ars_ipcs = sorted({i for (_, i), b in bare.items() if b})
+    ars_ipcs = sorted({i for (_, i), b in bare.items() if b} | {i for (_, i), r in soft.items() if r.get("noaug")})
     if real_acc is None or not ipcs:
         return []
     body = []
@@ -379,11 +384,15 @@ def lrs_markdown(rows: list[dict], records: dict[str, dict], dataset: str, real_
                 line += [f"{s['hlr']:.1f}", f"{s['ior']:+.1f}", f"{s['lrs']:.3f}"]
             else:
                 line += ["-"] * 3
-        for i in ars_ipcs:
-            own, base = bare.get((m, i)), bare.get(("random", i))
-            if own and base:
-                a = augmentation_robust_score(cell[m, i]["acc_mean"], cell["random", i]["acc_mean"], own["mean"],
-                                              base["mean"])
+        for i in ars_ipcs:   # with and without augmentation under the method's own track, as IOR
+            if m in SOFT_TRACK:
+                mine, rnd = soft.get((m, i)) or {}, soft.get(("random", i)) or {}
+                aug, base_aug, own, base = mine.get("mean"), rnd.get("mean"), mine.get("noaug"), rnd.get("noaug")
+            else:
+                own, base = bare.get((m, i)), bare.get(("random", i))
+                aug, base_aug = (cell.get((m, i)) or {}).get("acc_mean"), (cell.get(("random", i)) or {}).get("acc_mean")
+            if own and base and aug is not None and base_aug is not None:
+                a = augmentation_robust_score(aug, base_aug, own["mean"], base["mean"])
                 line += [_acc(own["mean"], own["std"], len(own["accs"])), f"{a['ars']:.3f}"]
             else:
                 line += ["-"] * 2
@@ -394,14 +403,20 @@ def lrs_markdown(rows: list[dict], records: dict[str, dict], dataset: str, real_
             "random real images' under the same (the soft-label track for "
             f"{', '.join(m for m in SOFT_TRACK if any(k[0] == m for k in cell)) or 'no method here'}, the classic one "
             "for the rest); LRS = (e^α - e^-1) / (e - e^-1), α = (IOR - HLR) / 2 on fractions (higher is better). "
-            "ARS (augmentation-robust score; IPCs of grid.ars_ipcs): the classic protocol once more with the "
-            "augmentation off (\"no aug\", its own seeds); β = ½ (the set's accuracy - random real images', with "
-            "augmentation) + ½ (the same without) on fractions, ARS = (e^β - e^-1) / (e - e^-1) (higher is better). "
-            "For every set, the soft-label methods' included, ARS is the hard-label protocol's (DD-Ranking scores a "
-            "soft-label method under its soft labels).", "",
+            "ARS (augmentation-robust score; IPCs of grid.ars_ipcs): the set's own protocol once more with the "
+            "augmentation off (\"no aug\": the classic protocol without DSA; for the soft-label methods, as DD-Ranking "
+            "scores them, the soft-label track without crop, flip and CutMix, the teacher still labelling every image); "
+            "β = ½ (the set's accuracy - random real images' under the same protocol, with augmentation) + ½ (the "
+            "same without) on fractions, ARS = (e^β - e^-1) / (e - e^-1) (higher is better).", "",
             *_md_table(["method"] + [h for i in ipcs for h in (f"IPC {i} HLR", f"IPC {i} IOR", f"IPC {i} LRS")]
                        + [h for i in ars_ipcs for h in (f"IPC {i} no aug", f"IPC {i} ARS")], body),
             ""]
+
+
+def _with_profile(section: list[str], records: dict[str, dict], dataset: str) -> list[str]:
+    """An application's section with the profile(s) behind its records under its heading."""
+    profiles = sorted({r.get("profile") or "?" for r in records.values() if r.get("dataset") == dataset})
+    return [section[0], "", f"Profile: {', '.join(profiles) or '-'}.", *section[1:]] if section else section
 
 
 def survey_table_markdown(rows: list[dict], grid: dict | None) -> str:
@@ -431,8 +446,9 @@ def survey_table_markdown(rows: list[dict], grid: dict | None) -> str:
     whole = " · ".join(f"{DATASET_NAMES.get(d, d)} {_pm(p.mean, p.std)}" for d in PUBLISHED_DATASETS
                        if (p := published("whole", d, None)))
     return "\n".join(["# Table 1: every dataset and IPC", "",
-                      "The survey's Table 1 layout (Lei & Tao 2024): accuracy (%) of the ConvNet trained on each "
-                      "synthetic set, ours mean ± std over seeds (published mean ± std). The profile behind our numbers "
+                      "The survey's Table 1 layout (Lei & Tao 2024), classic track (A): accuracy (%) of the ConvNet "
+                      "trained on each synthetic set with hard (or the method's learned) labels, ours mean ± std over "
+                      "seeds (published mean ± std). The profile behind our numbers "
                       "is in the column header ([quick] = small budgets on a 2-core CPU, [paper] = official "
                       "hyper-parameters), or in the cell where a column mixes profiles. \"not run\": the grid of "
                       "params.yaml has no such cell or it has no result yet; \"stale\": a result exists but was made "
@@ -534,6 +550,14 @@ def storage(syn, ipc: int, num_classes: int) -> dict:
             "budget": total / (ipc * per_image * num_classes), "trains_on": len(syn.images) / num_classes}
 
 
+def _bytes(n: int) -> str:
+    """A byte count in binary units: 31,360 -> '30.6 KiB'."""
+    for unit, size in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
 def storage_markdown(rows: list[dict], dataset: str, stored: dict[tuple[str, int], dict]) -> list[str]:
     """Methods side by side at equal storage: per IPC, what each set stores against the plain pixel budget and
     how many images per class training sees, with its accuracy (rows by accuracy)."""
@@ -546,7 +570,8 @@ def storage_markdown(rows: list[dict], dataset: str, stored: dict[tuple[str, int
            "codes and the generator itself, which was trained here on the same data), learned soft labels or "
            "targets, and a learned step size or schedule; hard labels are free. A set that decodes into more "
            "training images than it stores trains on them at no extra storage; one that stores more than the "
-           "budget is marked *over*.", ""]
+           "budget is marked *over*. Bytes: 4 per stored float (float32; the `*.pt` files hold float32); IPC-equivalent: "
+           "stored floats / floats per image / classes, the IPC of real images that the same bytes would hold.", ""]
     for ipc in sorted({r["ipc"] for r in rows}):
         body = []
         for r in sorted((r for r in rows if r["ipc"] == ipc), key=lambda r: (-r["acc_mean"], method_rank(r["method"]))):
@@ -555,11 +580,11 @@ def storage_markdown(rows: list[dict], dataset: str, stored: dict[tuple[str, int
                 st["labels"] or st["schedule"]) else str(st["pixels"])
             held = f" (generator {st['generator']:,})" if st.get("generator") else ""
             body.append([r["method"], f"{st['total']:,}" + ("" if parts == str(st["total"]) else f" ({parts})") + held,
-                         f"{st['budget']:.3f}" + (" *over*" if st["budget"] > 1.0005 else ""), f"{st['trains_on']:g}",
-                         _ours(r)])
-        out += [f"IPC {ipc}:", "", *_md_table(["method", "stored floats (pixels+labels+schedule)",
-                                               "x the pixel budget", "images per class trained on", "accuracy (%)"],
-                                              body), ""]
+                         _bytes(4 * st["total"]), f"{st['budget']:.3f}" + (" *over*" if st["budget"] > 1.0005 else ""),
+                         f"{st['budget'] * ipc:.3g}", f"{st['trains_on']:g}", _ours(r)])
+        out += [f"IPC {ipc}:", "", *_md_table(["method", "stored floats (pixels+labels+schedule)", "bytes (float32)",
+                                               "x the pixel budget", "IPC-equivalent", "images per class trained on",
+                                               "accuracy (%)"], body), ""]
     return out
 
 
@@ -750,7 +775,9 @@ def write_reports(results_dir: str | Path = "results", out_dir: str | Path = "re
                             fresh[0]["name"] if fresh else None, evals),
               *storage_markdown(rows, dataset, stored),
               *(line for kind, module in APPS.items()
-                for line in module.markdown(app_records[kind], dataset, *app_axes(grid, kind, app_records[kind]), stale)),
+                for line in _with_profile(module.markdown(app_records[kind], dataset,
+                                                          *app_axes(grid, kind, app_records[kind]), stale),
+                                          app_records[kind], dataset)),
               "## Figures",
               "", f"![accuracy vs IPC](figures/{dataset}_acc_vs_ipc.png)", "",
               f"Distillation and evaluation cost: [costs/{dataset}.md](costs/{dataset}.md).", ""]

@@ -150,6 +150,44 @@ def test_soft_label_evaluation_runs_and_is_seeded(tiny_train, tiny_test, tiny_bu
     assert kd.evaluate(syn, tiny_test, p, teacher, device="cpu", seed=0)["accs"] == a["accs"]
 
 
+def test_relabelling_gives_the_teachers_outputs_on_the_students_own_views(tiny_train):
+    """Each soft label is the teacher's output for exactly the augmented (crop, flip, CutMix) batch the student sees:
+    a student identical to the teacher has zero loss on every batch, and a recorded teacher call matches."""
+    teacher = nets.make_net("convnet_w8", 1, 10, 28, seed=3).eval()      # instance norm: train = eval mode
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            seen.append((x.clone(), self.net(x).detach()))
+            return self.net(x)
+
+    x = tiny_train.x[:6]
+    p = kd.Protocol(epochs=3, rrc_min=0.3, cutmix_p=0.5, weight_decay=0.0, lr=0.01)
+    twin = nets.make_net("convnet_w8", 1, 10, 28, seed=3)
+    losses = kd.train_student(twin, Spy(teacher), x, p, batch_size=4, flip=True, gen=torch.Generator().manual_seed(0))
+    assert max(losses) < 1e-9                                        # identical student: KL 0, zero gradient
+    assert len(seen) == 3 * 2 and not any(torch.equal(v, x[:len(v)]) for v, _ in seen)   # two augmented batches an epoch
+    other = nets.make_net("convnet_w8", 1, 10, 28, seed=4)
+    student_views = []
+    other.register_forward_pre_hook(lambda m, a: student_views.append(a[0].clone()))
+    seen.clear()
+    kd.train_student(other, Spy(teacher), x, p, batch_size=4, flip=True, gen=torch.Generator().manual_seed(0))
+    assert len(student_views) == len(seen) == 6
+    for (view, target), mine in zip(seen, student_views):
+        assert torch.equal(view, mine) and torch.allclose(target, teacher(mine), atol=1e-6)
+    student_views.clear()                                            # augment=False (ARS's "no aug"): the images as
+    kd.train_student(other, Spy(teacher), x, kd.Protocol(epochs=2, augment=False), batch_size=4, flip=True,
+                     gen=torch.Generator().manual_seed(0))              # they are, each epoch all of them once
+    assert [len(v) for v in student_views] == [4, 2, 4, 2]
+    for e in (0, 2):
+        both = torch.cat(student_views[e:e + 2])
+        assert sorted(any(torch.equal(img, xi) for img in both) for xi in x) == [True] * 6
+
+
 def test_rded_selection_and_tiling_by_hand():
     scores = torch.tensor([[3.0, 1.0], [0.5, 2.0], [4.0, 5.0]])                    # (images, crops)
     assert rded.select(scores, 2).tolist() == [[1, 0], [0, 1]]                     # best crop of each, best images
@@ -186,15 +224,16 @@ def test_report_keeps_the_soft_track_apart_and_scores_label_robustness(tmp_path)
     from ddlib import results
     from tests.test_report import _distill, _eval, _synset, _table_rows
     root = tmp_path / "results"
-    for m, a, b in (("random", 50.0, 68.0), ("rded", 52.0, 72.0), ("dm", 68.0, None)):
+    for m, a, b, bare in (("random", 50.0, 68.0, 60.0), ("rded", 52.0, 72.0, 66.0), ("dm", 68.0, None, None)):
         _distill(root, m, "fashion_mnist", 1, 1.0, 1.0)
         _eval(root, m, "fashion_mnist", 1, a, 1.0)
-        if b is not None:
+        if b is not None:   # the soft-label track, with its own "no aug" students (ARS under the soft labels)
             results.write_eval({"method": m, "dataset": "fashion_mnist", "ipc": 1, "track": "soft", "accs": [b - 1, b + 1],
                                 "mean": b, "std": 1.0, "seeds": [0, 1], "protocol": {"student": "convnet_bn", "teacher": "standard"},
-                                "synset_sha256": _synset(m, "fashion_mnist", 1).content_hash()},
+                                "synset_sha256": _synset(m, "fashion_mnist", 1).content_hash(),
+                                "noaug": {"accs": [bare], "mean": bare, "std": 0.0}},
                                root / "kd" / results.key(m, "fashion_mnist", 1) / "kd.json", profile="quick")
-    for m, acc in (("random", 40.0), ("dm", 60.0)):   # trained once more without augmentation (ARS); rded not
+    for m, acc in (("random", 40.0), ("dm", 60.0), ("rded", 10.0)):   # the classic protocol without augmentation
         f = root / "eval" / results.key(m, "fashion_mnist", 1) / "eval.json"
         f.write_text(json.dumps({**json.loads(f.read_text()), "noaug": {"accs": [acc], "mean": acc, "std": 0.0}}))
     (root / "teachers").mkdir()
@@ -215,7 +254,11 @@ def test_report_keeps_the_soft_track_apart_and_scores_label_robustness(tmp_path)
     assert rows["dm"][:2] == ["12.0", "+18.0"] and rows["rded"][:2] == ["28.0", "+4.0"]
     assert rows["rded"][2] == f"{report.label_robust_score(80, 52, 72, 68)['lrs']:.3f}"
     # ARS: beta = (0.5 (68 - 50) + 0.5 (60 - 40)) / 100 = 0.19 -> (e^0.19 - e^-1) / (e - e^-1); random: beta 0
-    assert rows["dm"][3:] == ["60.0", "0.358"] and rows["random"][3:] == ["40.0", "0.269"] and rows["rded"][3:] == ["-", "-"]
+    assert rows["dm"][3:] == ["60.0", "0.358"] and rows["random"][3:] == ["40.0", "0.269"]
+    # rded under its own (soft-label) track, as its IOR: beta = (0.5 (72 - 68) + 0.5 (66 - 60)) / 100 = 0.05; its
+    # classic no-aug run (10.0) does not enter
+    assert rows["rded"][3:] == ["66.0", f"{report.augmentation_robust_score(72, 68, 66, 60)['ars']:.3f}"]
+    assert report.augmentation_robust_score(72, 68, 66, 60)["beta"] == pytest.approx(0.05)
     assert report.augmentation_robust_score(68, 50, 60, 40)["ars"] == pytest.approx(
         (math.exp(0.19) - math.exp(-1)) / (math.e - math.exp(-1)))
     assert "`standard` (quick profile): convnet_bn, 2 epochs" in page and "70.0, 80.0" in page

@@ -21,6 +21,14 @@ with open(f".count/{k}", "a") as fh:   # how many times the cell ran (not tracke
     fh.write("1")
 if pathlib.Path(f"fail-{k}").exists():
     sys.exit(f"cell {k} was told to fail")
+ckpt = pathlib.Path(f".checkpoints/{k}")   # outside the outs, as the stages' own checkpoints
+if pathlib.Path(f"slow-{k}").exists() and not ckpt.exists():
+    ckpt.parent.mkdir(exist_ok=True)
+    ckpt.write_text(str(__import__("os").getpid()))   # half the work done: a killed worker leaves this
+    time.sleep(600)
+if ckpt.exists():
+    with open(f".count/{k}", "a") as fh:
+        fh.write("r")                            # resumed from the checkpoint
 time.sleep(0.3)
 pathlib.Path("out").mkdir(exist_ok=True)
 pathlib.Path(f"out/{k}.txt").write_text(pathlib.Path("up.txt").read_text() + k)
@@ -124,6 +132,10 @@ def test_bad_gpus_and_cluster_sections_are_refused_before_anything_runs(tmp_path
         launch.executor({"cluster": "k8s"}, tmp_path)
     assert not (tmp_path / launch.LOGS).exists()           # nothing was submitted
     assert _launch(tmp_path, "--jobs", "0").returncode == 2
+    root = _repo(tmp_path / "repo", {"cluster": "slurm", "partition": ""})   # the shared-cache route refuses too
+    done = _launch(root, "--jobs", "2", env={"DD_LAUNCH": f"{sys.executable} -m ddlib.launch job --"})
+    assert done.returncode != 0 and "launch.partition is empty" in done.stderr, done.stdout + done.stderr
+    assert not (root / launch.LOGS).exists() and not (root / "up.txt").exists()
 
 
 # ---------------------------------------------------------------- real DVC, a tiny pipeline
@@ -180,6 +192,36 @@ def test_a_failed_cell_is_reported_and_a_rerun_resumes_with_it_alone(tmp_path):
     assert again.returncode == 0, again.stdout + again.stderr
     assert "2 stage(s)" in again.stdout          # cell@b and down; a, c, d are cached
     assert {k: (root / ".count" / k).read_text() for k in CELLS} == {"a": "1", "b": "11", "c": "1", "d": "1"}
+
+
+def test_a_killed_worker_leaves_nothing_half_written_and_its_cell_resumes(tmp_path):
+    """A worker lost mid-cell (SIGKILL to its dvc process and the stage's command): the launcher reports the cell,
+    finishes the others, and nothing of the cell reaches the cache or dvc.lock; a rerun resumes it from its
+    checkpoint."""
+    import psutil
+    import signal
+    root = _repo(tmp_path / "repo")
+    (root / "slow-b").write_text("")
+    first = subprocess.Popen([sys.executable, "-m", "ddlib.launch", "--jobs", "2"], cwd=root, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    ckpt, deadline = root / ".checkpoints" / "b", time.time() + 120
+    while not (ckpt.exists() and ckpt.read_text()) and time.time() < deadline and first.poll() is None:
+        time.sleep(0.2)
+    assert ckpt.exists(), first.communicate()[0]
+    stage_proc = psutil.Process(int(ckpt.read_text()))
+    dvc_proc = next(p for p in stage_proc.parents() if "repro" in p.cmdline())   # the worker's `dvc repro -s cell@b`
+    for proc in (dvc_proc, stage_proc):
+        proc.send_signal(signal.SIGKILL)
+    out = first.communicate(timeout=120)[0]
+    assert first.returncode == 1 and "failed cell@b" in out and "skipped down: cell@b did not finish" in out, out
+    assert "[launch] 4 ok, 1 failed, 1 skipped" in out, out
+    assert "cell@b" not in _outs(root) and not (root / "out" / "b.txt").exists()
+    cached = {p.read_bytes() for p in (root / ".dvc" / "cache").rglob("*") if p.is_file()}
+    assert b"up:b" not in cached                                     # no half-made output of b in the cache
+    again = _launch(root, "--jobs", "2")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (root / ".count" / "b").read_text() == "11r" and (root / "all.txt").read_text() == "up:aup:bup:cup:d"
+    assert "up to date" in _dvc(root, "status").stdout
 
 
 def test_the_cluster_route_runs_each_stage_as_a_submitit_job(tmp_path):

@@ -88,9 +88,29 @@ def test_bn_frozen_gradient_does_not_depend_on_how_classes_are_batched(tiny_trai
     assert all(per_image_grads())    # frozen real statistics: batching no longer matters
 
 
-def test_dc_runs_with_a_batchnorm_net(tiny_train):
-    synset = methods.distill("dc", tiny_train, ipc=1, params={**tiny("dc"), "model": "convnet_bn"}, seed=0)
-    assert torch.isfinite(synset.images).all()
+@pytest.mark.parametrize("method", ["dc", "dsa", "dm", "dcc", "idc", "cafe"])
+def test_matching_methods_run_with_a_batchnorm_net(tiny_train, method):
+    synset = methods.distill(method, tiny_train, ipc=1, params={**tiny(method), "model": "convnet_bn"}, seed=0)
+    assert torch.isfinite(synset.images).all() and synset.params["model"] == "convnet_bn"
+
+
+def test_idc_matches_with_frozen_bn_and_trains_on_real_data_unfrozen(tiny_train, monkeypatch):
+    modes = []
+    real_loss, real_step = idc.class_loss, idc.real_update
+
+    def spy_loss(net, *a, **k):
+        modes.append(("match", {m.training for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)}))
+        return real_loss(net, *a, **k)
+
+    def spy_update(net, *a, **k):
+        real_step(net, *a, **k)
+        modes.append(("train", {m.training for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)}))
+
+    monkeypatch.setattr(idc, "class_loss", spy_loss)
+    monkeypatch.setattr(idc, "real_update", spy_update)
+    methods.distill("idc", tiny_train, ipc=1, params={**tiny("idc"), "model": "convnet_bn"}, seed=0)
+    assert {k for k, _ in modes} == {"match", "train"}
+    assert all(m == ({False} if k == "match" else {True}) for k, m in modes)
 
 
 # ---------------------------------------------------------------- IDC: decode, storage, errors (multiformation.py)

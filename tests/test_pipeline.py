@@ -126,6 +126,7 @@ def test_tiny_dvc_repro_end_to_end(tmp_path):
     assert "| dm |" in (work / "reports" / "table1.md").read_text()
     soft = json.loads((work / "results" / "kd" / "random-fashion_mnist-1" / "kd.json").read_text())
     assert soft["track"] == "soft" and soft["profile"] == "tiny" and len(soft["accs"]) == 1
+    assert len(soft["noaug"]["accs"]) == 1 and soft["noaug"]["protocol"]["augment"] is False   # ARS, soft labels
     assert "## Soft-label track (B)" in table and "## Teachers" in table and "| IPC 1 ARS |" in table
     cl = json.loads((work / "results" / "continual" / "dm-fashion_mnist-1" / "continual.json").read_text())
     assert cl["profile"] == "tiny" and cl["steps"] == 2 and len(cl["mean"]) == 2 and len(cl["orders"]) == 1
@@ -145,6 +146,9 @@ def test_tiny_dvc_repro_end_to_end(tmp_path):
     fedavg = json.loads((work / "results" / "federated" / "fedavg-fashion_mnist" / "federated.json").read_text())
     assert fed["profile"] == fedavg["profile"] == "tiny"
     assert "## Federated learning" in table and "| random |" in table.split("## Federated")[1]
+    for heading in ("Continual learning (class-incremental)", "Robustness", "Privacy (membership inference)",
+                    "Architecture search proxy", "Federated learning"):   # each application names its profile
+        assert table.split(f"## {heading}")[1].split("\n", 1)[1].startswith("\nProfile: tiny.\n"), heading
     first = cells(work)
     check_golden({k: dict(v) for k, v in first.items()})
 

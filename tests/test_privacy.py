@@ -9,6 +9,7 @@ from torch import nn
 
 from ddlib import evaluate, grid, methods, nets, params
 from ddlib.apps import privacy, shared
+from ddlib.data import LabeledImages
 
 PARAMS = params.load("params.yaml")
 PRIVACY = PARAMS["privacy"]
@@ -140,6 +141,10 @@ def test_run_pools_every_target_and_keeps_the_record_small(tiny_train, tiny_test
     assert (record["method"], record["ipc"], record["models"], record["nets"]) == (method, ipc, 3, 1)
     assert record["protocol"]["test_images"] == 20 and record["shared_inputs"] == []
     assert len(set(record["synset_sha256"])) == 3          # each model's own half
+    if method == "random":                                   # the attacks never read test labels: scrambling them
+        scrambled = LabeledImages(tiny_test.x, tiny_test.y.flip(0), tiny_test.spec, tiny_test.zca)   # moves only acc
+        again = privacy.run(method, tiny_train, scrambled, {}, TINY, cfg, ipc=1, device="cpu", seed=0)
+        assert again["attacks"] == record["attacks"] and again["roc"] == record["roc"]
 
 
 def test_roc_is_thinned_on_a_log_grid():

@@ -455,14 +455,17 @@ def test_storage_counts_pixels_labels_and_schedule_against_the_pixel_budget(tmp_
                                                                    ("rtp", 1): st}))
     _, body = _table_rows(md, "| method | stored floats")
     assert list(body) == ["rtp", "dm"]                      # by accuracy
-    assert body["rtp"] == ["121 (120+1)", "0.945", "29", "60.0"] and body["dm"] == ["128", "1.000", "1", "50.0 ± 1.0"]
+    assert body["rtp"] == ["121 (120+1)", "484 B", "0.945", "0.945", "29", "60.0"]
+    assert body["dm"] == ["128", "512 B", "1.000", "1", "1", "50.0 ± 1.0"]
+    assert [report._bytes(n) for n in (1023, 31360, 3 * 2 ** 20)] == ["1023 B", "30.6 KiB", "3.0 MiB"]
     # a latent-space set: 2 codes of 16 floats and a 300-float generator, which counts: over the budget
     latent = SyntheticSet(images=torch.zeros(2, 1, 8, 8), labels=torch.arange(2), method="glad", dataset="fashion_mnist",
                           ipc=1, provenance={"storage": {"stored_floats": 332, "generator_floats": 300}})
     st = report.storage(latent, 1, 2)
     assert (st["total"], st["generator"], st["budget"]) == (332, 300, 332 / 128)
     md = "\n".join(report.storage_markdown(rows[:1], "fashion_mnist", {("dm", 1): st}))
-    assert _table_rows(md, "| method | stored floats")[1]["dm"][:2] == ["332 (generator 300)", "2.594 *over*"]
+    assert _table_rows(md, "| method | stored floats")[1]["dm"][:4] == ["332 (generator 300)", "1.3 KiB", "2.594 *over*",
+                                                                          "2.59"]
 
 
 def test_generators_are_described_and_their_stages_checked():

@@ -212,6 +212,21 @@ def test_check_grid_accepts_the_workbook_and_names_every_problem():
     small["evaluation"]["paper"]["model"] = "lenet"
     with pytest.raises(ValueError, match="evaluation.model: lenet takes 28x28 or 32x32 inputs.*got 64x64"):
         grid.check(small, ROOT)
+    named = copy.deepcopy(all_params)      # networks inside method, expert and teacher recipes (nested too)
+    named["methods"]["dm"]["paper"]["model"] = "convnet_qq"
+    named["methods"]["kfs"]["paper"]["model"] = "resnet7"
+    named["buffers"]["plain"]["paper"]["model"] = "lenet_xx"
+    named["teachers"]["standard"]["paper"]["model"] = "vgg99"
+    named["methods"]["dm"]["quick"] = {**named["methods"]["dm"].get("quick", {}), "typo_key": 1}
+    with pytest.raises(ValueError) as err:
+        grid.check(named, ROOT)
+    text = str(err.value)
+    for part in (f"methods.kfs.{named['profile']}.model: unknown", "'resnet7'",
+                 f"buffers.plain.{named['profile']}.model", "'lenet_xx'", f"teachers.standard.{named['profile']}.model",
+                 "'vgg99'", "methods.dm: profile 'quick' overrides ['typo_key']"):
+        assert part in text, (part, text)
+    assert grid.named_nets({"model": "a", "embed": {"model": "b", "epochs": 3}, "feature_model": "c", "models": 2},
+                           "m") == [("m.model", "a"), ("m.embed.model", "b"), ("m.feature_model", "c")]
     missing = copy.deepcopy(all_params)
     del missing["grid"]["xarch"]
     with pytest.raises(ValueError, match="grid.xarch must be a non-empty list"):

@@ -16,7 +16,9 @@ DiffAug does. The matching network is *trained on real data* (after every round 
 over n_data real images, SGD momentum 0.9, per-image augmentation and CutMix) and re-initialised every outer
 iteration. IDC's lr_img is in [0, 1]-pixel units; here images are mean/std normalised, so the gradient is
 scaled by 1/std^2 to take the same steps, and the images are clamped to the [0, 1] range each outer
-iteration as IDC does. methods.md §2.12, snu-mllab/Efficient-Dataset-Condensation condense.py.
+iteration as IDC does. A BatchNorm network matches with real statistics shared across classes, its BN layers
+frozen (dc.bn_freeze, methods.md's rule; IDC's code matches in train mode), and trains on real data unfrozen.
+methods.md §2.12, snu-mllab/Efficient-Dataset-Condensation condense.py.
 """
 
 from __future__ import annotations
@@ -158,6 +160,7 @@ def step(state: loop.State, real: LabeledImages, cfg: Config,
     clamp_to_pixels(state, real)
     total, k = 0.0, real.spec.num_classes
     for _ in range(cfg.inner_loop):
+        dc.bn_freeze(net, real, state.gen, state.x_syn.device)   # BN nets: shared real statistics while matching
         for c in range(k):
             total += loop.update(state, class_loss(net, params_, state, real, cfg, c))
         if cfg.n_data > 0:
