@@ -152,8 +152,8 @@ def test_soft_label_evaluation_runs_and_is_seeded(tiny_train, tiny_test, tiny_bu
 
 def test_relabelling_gives_the_teachers_outputs_on_the_students_own_views(tiny_train):
     """Each soft label is the teacher's output for exactly the augmented (crop, flip, CutMix) batch the student sees:
-    a student identical to the teacher has zero loss on every batch, and a recorded teacher call matches."""
-    teacher = nets.make_net("convnet_w8", 1, 10, 28, seed=3).eval()      # instance norm: train = eval mode
+    every teacher call is recorded and matched against the student's own input of that step."""
+    teacher = nets.make_net("convnet_w8", 1, 10, (28, 28), seed=3).eval()
     seen = []
 
     class Spy(torch.nn.Module):
@@ -166,17 +166,13 @@ def test_relabelling_gives_the_teachers_outputs_on_the_students_own_views(tiny_t
             return self.net(x)
 
     x = tiny_train.x[:6]
-    p = kd.Protocol(epochs=3, rrc_min=0.3, cutmix_p=0.5, weight_decay=0.0, lr=0.01)
-    twin = nets.make_net("convnet_w8", 1, 10, 28, seed=3)
-    losses = kd.train_student(twin, Spy(teacher), x, p, batch_size=4, flip=True, gen=torch.Generator().manual_seed(0))
-    assert max(losses) < 1e-9                                        # identical student: KL 0, zero gradient
-    assert len(seen) == 3 * 2 and not any(torch.equal(v, x[:len(v)]) for v, _ in seen)   # two augmented batches an epoch
-    other = nets.make_net("convnet_w8", 1, 10, 28, seed=4)
+    p = kd.Protocol(epochs=3, rrc_min=0.3, cutmix_p=0.5)
+    other = nets.make_net("convnet_w8", 1, 10, (28, 28), seed=4)
     student_views = []
     other.register_forward_pre_hook(lambda m, a: student_views.append(a[0].clone()))
-    seen.clear()
     kd.train_student(other, Spy(teacher), x, p, batch_size=4, flip=True, gen=torch.Generator().manual_seed(0))
-    assert len(student_views) == len(seen) == 6
+    assert len(student_views) == len(seen) == 3 * 2                 # two batches an epoch, each augmented
+    assert not any(torch.equal(v, x[:len(v)]) or torch.equal(v, x[4:]) for v in student_views)
     for (view, target), mine in zip(seen, student_views):
         assert torch.equal(view, mine) and torch.allclose(target, teacher(mine), atol=1e-6)
     student_views.clear()                                            # augment=False (ARS's "no aug"): the images as

@@ -192,9 +192,9 @@ def test_tiny_dvc_repro_end_to_end(tmp_path):
     params["methods"]["dm"]["tiny"]["batch_real"] = 5
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = set(json.loads(run(["dvc", "status", "--json"], work).stdout))
-    # the inputs stage reads every method's params (and reruns in a second), but dm's fingerprint stays the same;
-    # downstream stages rerun only if their inputs change
-    assert changed == {"distill@dm-fashion_mnist-1", "inputs@fashion_mnist"}, changed
+    # the inputs stage reads every method's params and the code stage checks the networks they name (each reruns
+    # in seconds), but their fingerprints stay the same: downstream stages rerun only if their inputs change
+    assert changed == {"code", "distill@dm-fashion_mnist-1", "inputs@fashion_mnist"}, changed
 
     # a grid naming what does not exist stops `dvc repro` at its first stage, before anything else runs
     params["grid"]["methods"].append("foo")
