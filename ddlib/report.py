@@ -453,7 +453,25 @@ def survey_table_markdown(rows: list[dict], grid: dict | None) -> str:
                       "hyper-parameters), or in the cell where a column mixes profiles. \"not run\": the grid of "
                       "params.yaml has no such cell or it has no result yet; \"stale\": a result exists but was made "
                       "by other code, params or data than now (the per-dataset pages name the stage to rerun). "
-                      f"Whole training set (published): {whole}.", "", *_md_table(header, body), ""])
+                      f"Whole training set (published): {whole}.", "", *_md_table(header, body), "",
+                      *_code_versions(rows)])
+
+
+def _code_versions(rows: list[dict]) -> list[str]:
+    """Per dataset, the code versions behind its shown cells and how many each (the full list, torch and the
+    device on the dataset's own page)."""
+    lines = []
+    for d in sorted({r["dataset"] for r in rows if r["status"] == "ok"}, key=lambda d: (d not in DATASET_NAMES, d)):
+        count: dict[str, int] = {}
+        for r in rows:
+            if r["dataset"] == d and r["status"] == "ok":
+                key = ", ".join(r["code_versions"]) or "-"
+                count[key] = count.get(key, 0) + 1
+        lines.append(f"- {DATASET_NAMES.get(d, d)}: " + "; ".join(f"{c} ({n} cell{'s' * (n > 1)})"
+                                                                 for c, n in sorted(count.items()))
+                     + f" (per cell, with torch and the device: [{d}.md]({d}.md#provenance))")
+    return ["## Provenance", "", "Code versions of the cells shown (`+dirty`: uncommitted code):", "", *lines, ""] \
+        if lines else []
 
 
 def below_random(cell: dict, methods: list[str], ipcs: list[int]) -> list[str]:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ddlib import kernels, loop, nets
-from ddlib.methods import frepo, kip
+from ddlib.methods import frepo, kip, rfad
 
 W, B = kernels.W_VAR, kernels.B_VAR
 TOL = 0.05   # relative Frobenius error of the kernel matrix vs its Monte-Carlo estimate (stated in the issue)
@@ -168,6 +168,32 @@ def test_kip_step_learns_images_and_targets_and_survives_duplicates():
     value = kip.step(state, real, cfg)
     assert math.isfinite(value) and torch.isfinite(state.x_syn).all()
     assert not torch.equal(state.x_syn, before_x) and not torch.equal(state.extra["targets"], before_y)
+
+
+def test_frepo_and_rfad_learn_their_targets_and_rfad_its_temperature():
+    real = _tiny_real()
+    x = real.x[::5].clone()                                  # 6 support images, 2 a class
+    fr_cfg = frepo.Config(iterations=1, num_models=1, target_batch=9, model="convnet_d1_w8")
+    fr = loop.State(x_syn=x.clone().requires_grad_(True), y_syn=real.y[::5], opt=None,
+                    gen=torch.Generator().manual_seed(0))
+    frepo.setup(fr, real, fr_cfg)
+    rf_cfg = rfad.Config(iterations=1, num_models=2, target_batch=9, model="convnet_d1_w8_nn")
+    rf = loop.State(x_syn=x.clone().requires_grad_(True), y_syn=real.y[::5], opt=None,
+                    gen=torch.Generator().manual_seed(0))
+    rfad.setup(rf, rf_cfg, 3)
+    start = {"frepo": fr.extra["targets"].detach().clone(), "rfad": rf.extra["targets"].detach().clone()}
+    assert torch.equal(start["frepo"], kernels.centred_onehot(real.y[::5], 3)) and rf.extra["log_tau"].item() == 0
+    frepo.step(fr, real, fr_cfg)
+    rfad.step(rf, real, rf_cfg)
+    assert not torch.equal(fr.extra["targets"], start["frepo"]) and not torch.equal(rf.extra["targets"], start["rfad"])
+    assert rf.extra["log_tau"].item() != 0                  # Platt's temperature is learned too
+    fixed = rfad.Config(iterations=1, num_models=2, target_batch=9, model="convnet_d1_w8_nn", learn_labels=False,
+                        loss="mse")
+    still = loop.State(x_syn=x.clone().requires_grad_(True), y_syn=real.y[::5], opt=None,
+                       gen=torch.Generator().manual_seed(0))
+    rfad.setup(still, fixed, 3)
+    rfad.step(still, real, fixed)
+    assert torch.equal(still.extra["targets"], start["rfad"]) and not still.extra["log_tau"].requires_grad
 
 
 def test_frepo_pool_takes_adam_steps_and_resets():

@@ -186,6 +186,9 @@ def test_table1_page_has_every_dataset_and_says_not_run(tmp_path):
     assert rows["random"][header.index("CIFAR-10 10") - 1] == "not run (26.0 ± 1.2)"   # never the published value
     assert rows["glad"][col] == "not run (-)" and "kfs" in rows and "rtp" in rows
     assert "[Table 1](table1.md)" in (tmp_path / "reports" / "README.md").read_text()
+    versions = page.split("## Provenance")[1]                # which code made the cells, per dataset
+    assert "- Fashion-MNIST: " in versions and "(2 cells)" in versions and "MNIST:" not in versions.replace(
+        "Fashion-MNIST:", "")
 
 
 # --- the grid is checked before any stage runs ---------------------------------------------------------------
