@@ -363,36 +363,28 @@ def lrs_markdown(rows: list[dict], records: dict[str, dict], dataset: str, real_
     where the evaluation also trained without augmentation (evals' `noaug`), that accuracy and ARS."""
     cell = {(r["method"], r["ipc"]): r for r in rows if r["dataset"] == dataset and r["status"] == "ok"}
     soft = {(r["method"], r["ipc"]): r for r in records.values() if r["dataset"] == dataset}
-    bare = {k: (evals or {}).get(r["key"], {}).get("noaug") for k, r in cell.items()}
+    # the classic track in the soft records' shape: mean accuracy and the evaluation's no-aug run
+    classic = {k: {"mean": r["acc_mean"], "noaug": (evals or {}).get(r["key"], {}).get("noaug")} for k, r in cell.items()}
     ipcs = sorted({i for _, i in cell})
-    ars_ipcs = sorted({i for (_, i), b in bare.items() if b} | {i for (_, i), r in soft.items() if r.get("noaug")})
+    ars_ipcs = sorted({i for (_, i), r in [*classic.items(), *soft.items()] if r.get("noaug")})
     if real_acc is None or not ipcs:
         return []
     body = []
     for m in sorted({m for m, _ in cell}, key=method_rank):
+        track = soft if m in SOFT_TRACK else classic     # the method's own protocol, for IOR and ARS alike
         line = [m]
         for i in ipcs:
-            own_track = soft if m in SOFT_TRACK else None
-            hard, base = cell.get((m, i)), cell.get(("random", i))
-            if own_track is not None:
-                own, base = own_track.get((m, i)), own_track.get(("random", i))
-            else:
-                own = hard
+            hard, own, base = cell.get((m, i)), track.get((m, i)), track.get(("random", i))
             if hard and own and base:
-                s = label_robust_score(real_acc, hard["acc_mean"], own["mean"] if own_track else own["acc_mean"],
-                                       base["mean"] if own_track else base["acc_mean"])
+                s = label_robust_score(real_acc, hard["acc_mean"], own["mean"], base["mean"])
                 line += [f"{s['hlr']:.1f}", f"{s['ior']:+.1f}", f"{s['lrs']:.3f}"]
             else:
                 line += ["-"] * 3
-        for i in ars_ipcs:   # with and without augmentation under the method's own track, as IOR
-            if m in SOFT_TRACK:
-                mine, rnd = soft.get((m, i)) or {}, soft.get(("random", i)) or {}
-                aug, base_aug, own, base = mine.get("mean"), rnd.get("mean"), mine.get("noaug"), rnd.get("noaug")
-            else:
-                own, base = bare.get((m, i)), bare.get(("random", i))
-                aug, base_aug = (cell.get((m, i)) or {}).get("acc_mean"), (cell.get(("random", i)) or {}).get("acc_mean")
-            if own and base and aug is not None and base_aug is not None:
-                a = augmentation_robust_score(aug, base_aug, own["mean"], base["mean"])
+        for i in ars_ipcs:
+            mine, rnd = track.get((m, i)) or {}, track.get(("random", i)) or {}
+            own, base = mine.get("noaug"), rnd.get("noaug")
+            if own and base:
+                a = augmentation_robust_score(mine["mean"], rnd["mean"], own["mean"], base["mean"])
                 line += [_acc(own["mean"], own["std"], len(own["accs"])), f"{a['ars']:.3f}"]
             else:
                 line += ["-"] * 2
